@@ -1,15 +1,239 @@
 """The per-connection proxy authentication handshake (NTLM dialects), sans-IO.
 
-Owns: choosing the scheme among Proxy-Authenticate headers, building Type 1 / Type 3 messages
-for cntlm's Auth dialects. The only module that imports pyspnego.
-Must not: do I/O, log secrets or message blobs.
+Owns: choosing the NTLM challenge among Proxy-Authenticate values, parsing the Type 2, computing
+the responses for cntlm's Auth dialects and building Type 1 / Type 3 messages. With creds.py the
+only module that imports pyspnego: its private `spnego._ntlm_raw` modules (pinned
+pyspnego==0.12.4 in pyproject; tested against the MS-NLMP 4.2 vectors and pyspnego's acceptor),
+because its public API cannot take an NTOWFv2 and picks dialects through process-wide env vars.
+Must not: do I/O, log anything, or put a secret or message blob in an exception.
+
+Dialects (as cntlm, with two deliberate fixes marked *):
+  NTLMv2   LMv2 + NTLMv2 responses; the blob carries the parent's target info verbatim and its
+           MsvAvTimestamp when present (else our clock). A Type 2 without target info (squid's
+           ntlm_fake_auth) gets a blob with an empty AV list, as cntlm sends.
+  NTLM2SR  NTLMv1 with extended session security (the "NTLM2 session response").
+  NTLM     NTLMv1 NT response + LM response from the LM hash (a copy of the NT response when no
+           LM hash is configured, as Windows does).
+  NT       * the real NTLMv1 NT response (cntlm sends all zeroes, which verifiers reject); LM = NT.
+  LM       LM response only.
+The domain is always sent upper-cased: * the NTLMv2 key is made with upper(domain) (see creds.py),
+so a standard verifier, which keys on the domain as sent, computes the same key.
 """
 
 from __future__ import annotations
 
-from pycntlm.creds import Credentials
+import base64
+import binascii
+import os
+import re
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spnego._ntlm_raw.crypto import desl, hmac_md5, md5  # pinned: pyspnego==0.12.4
+from spnego._ntlm_raw.messages import Authenticate, Negotiate, NegotiateFlags
+
+from pycntlm.creds import Credentials, missing_for
+from pycntlm.errors import HandshakeError
 
 DIALECTS = ("NTLMv2", "NTLM2SR", "NTLM", "NT", "LM")
+
+Rng = Callable[[int], bytes]  # n -> n random bytes
+Clock = Callable[[], float]  # seconds since the Unix epoch
+
+_SIGNATURE = b"NTLMSSP\x00"
+_TYPE2_MIN = 32  # signature, type, target name buffer, flags, server challenge
+_TYPE2_FULL = 48  # ... + reserved + target info buffer
+_AV_EOL, _AV_TIMESTAMP = 0, 7
+_EPOCH_AS_FILETIME = 116_444_736_000_000_000  # 1970-01-01 in 100 ns units since 1601-01-01
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,19}")
+
+_F = NegotiateFlags
+_BASE_FLAGS = (
+    _F.unicode | _F.oem | _F.request_target | _F.ntlm | _F.always_sign | _F.key_128 | _F.key_56
+)
+_ESS_DIALECTS = ("NTLMv2", "NTLM2SR")
+
+
+@dataclass(frozen=True)
+class Type2:
+    """What we use of a CHALLENGE_MESSAGE. `target_info` is the raw AV pair list (b"" if none)."""
+
+    flags: int
+    server_challenge: bytes
+    target_info: bytes = field(repr=False)
+    timestamp: int | None  # MsvAvTimestamp as a FILETIME, when the parent sent one
+
+
+@dataclass(frozen=True)
+class Responses:
+    """The LmChallengeResponse and NtChallengeResponse of a Type 3 (b"" = field left empty)."""
+
+    lm: bytes = field(repr=False)
+    nt: bytes = field(repr=False)
+
+
+def negotiate_flags(dialect: str) -> int:
+    """The NEGOTIATE flags we send in the Type 1 for `dialect`."""
+    flags = int(_BASE_FLAGS)
+    if dialect in _ESS_DIALECTS:
+        flags |= _F.extended_session_security
+    return flags
+
+
+def _split_challenges(values: list[str]) -> list[tuple[str, str]]:
+    """(scheme, rest) for each challenge, also when several share one header value."""
+    out: list[tuple[str, str]] = []
+    for value in values:
+        piece: list[str] = []
+        quoted = False
+        for ch in value + ",":
+            if ch == '"':
+                quoted = not quoted
+            if ch == "," and not quoted:
+                text = "".join(piece).strip()
+                if text:
+                    scheme, _, rest = text.partition(" ")
+                    out.append((scheme, rest.strip()))
+                piece = []
+            else:
+                piece.append(ch)
+    return out
+
+
+def offers_ntlm(challenges: list[str]) -> bool:
+    """True when any Proxy-Authenticate value offers NTLM (bare "NTLM", any case)."""
+    return any(scheme.lower() == "ntlm" for scheme, _ in _split_challenges(challenges))
+
+
+def _challenge_token(challenges: list[str]) -> bytes:
+    """The decoded Type 2 of the first NTLM challenge that carries one."""
+    parsed = _split_challenges(challenges)
+    tokens = [rest for scheme, rest in parsed if scheme.lower() == "ntlm"]
+    token = next((t for t in tokens if t), None)
+    if token is None:
+        if tokens:
+            raise HandshakeError("the parent sent a bare NTLM challenge without a Type 2 message")
+        offered = [s if _SCHEME_RE.fullmatch(s) else "?" for s, _ in parsed[:5]]
+        raise HandshakeError(f"no NTLM challenge (offered: {', '.join(offered) or 'nothing'})")
+    try:
+        return base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise HandshakeError("the NTLM challenge is not valid base64") from None
+
+
+def _buffer(raw: bytes, at: int) -> bytes:
+    """The payload a security buffer (len, maxlen, offset) at `at` points to, bounds-checked."""
+    length, _, offset = struct.unpack_from("<HHI", raw, at)
+    if length and offset + length > len(raw):
+        raise HandshakeError("the NTLM Type 2 message is truncated")
+    return raw[offset : offset + length] if length else b""
+
+
+def _timestamp(target_info: bytes) -> int | None:
+    """MsvAvTimestamp from an AV pair list; HandshakeError if a pair overruns the list."""
+    pos, found = 0, None
+    while pos + 4 <= len(target_info):
+        av_id, length = struct.unpack_from("<HH", target_info, pos)
+        if pos + 4 + length > len(target_info):
+            raise HandshakeError("the NTLM Type 2 target info is malformed")
+        if av_id == _AV_EOL:
+            break
+        if av_id == _AV_TIMESTAMP and length == 8:
+            (found,) = struct.unpack_from("<Q", target_info, pos + 4)
+        pos += 4 + length
+    return found
+
+
+def parse_type2(raw: bytes) -> Type2:
+    """Parse a CHALLENGE_MESSAGE (MS-NLMP 2.2.1.2). Raises only HandshakeError.
+
+    Own parser: pyspnego's Challenge does not bounds-check its security buffers (a truncated
+    message silently yields short target info)."""
+    if len(raw) < _TYPE2_MIN or raw[:8] != _SIGNATURE:
+        raise HandshakeError("the NTLM challenge is not an NTLM message")
+    if struct.unpack_from("<I", raw, 8)[0] != 2:
+        raise HandshakeError("the NTLM challenge is not a Type 2 message")
+    _buffer(raw, 12)  # target name: unused, but it must lie inside the message
+    (flags,) = struct.unpack_from("<I", raw, 20)
+    target_info = _buffer(raw, 40) if len(raw) >= _TYPE2_FULL else b""
+    return Type2(flags, raw[24:32], target_info, _timestamp(target_info))
+
+
+def _v2_responses(key: bytes, t2: Type2, client: bytes, filetime: int) -> Responses:
+    stamp = t2.timestamp if t2.timestamp is not None else filetime
+    av_pairs = t2.target_info or b"\x00\x00\x00\x00"  # at least MsvAvEOL
+    blob = b"\x01\x01" + bytes(6) + struct.pack("<Q", stamp) + client + bytes(4) + av_pairs
+    blob += bytes(4)
+    proof = hmac_md5(key, t2.server_challenge + blob)
+    return Responses(lm=hmac_md5(key, t2.server_challenge + client) + client, nt=proof + blob)
+
+
+def compute_responses(
+    creds: Credentials, dialect: str, t2: Type2, client_challenge: bytes, filetime: int
+) -> Responses:
+    """The pure core: LM/NT responses for `dialect`, given the 8-byte client challenge and the
+    FILETIME to use when the Type 2 carries no MsvAvTimestamp. ValueError if creds lack the hash."""
+    problem = missing_for(creds, dialect)
+    if problem is not None or len(client_challenge) != 8:
+        raise ValueError(problem or "the client challenge must be 8 bytes")
+    sc = t2.server_challenge
+    if dialect == "NTLMv2":
+        return _v2_responses(_have(creds.ntlmv2_hash), t2, client_challenge, filetime)
+    if dialect == "LM":
+        return Responses(lm=desl(_have(creds.lm_hash), sc), nt=b"")
+    nt_hash = _have(creds.nt_hash)
+    if dialect == "NTLM2SR":
+        nt = desl(nt_hash, md5(sc + client_challenge)[:8])
+        return Responses(lm=client_challenge + bytes(16), nt=nt)
+    nt = desl(nt_hash, sc)
+    if dialect == "NTLM" and creds.lm_hash is not None:
+        return Responses(lm=desl(creds.lm_hash, sc), nt=nt)
+    return Responses(lm=nt, nt=nt)  # NT, or NTLM without an LM hash
+
+
+def _have(value: bytes | None) -> bytes:
+    if value is None:  # missing_for() has ruled this out
+        raise ValueError("a required hash is missing")
+    return value
+
+
+def authenticate_flags(dialect: str, challenge_flags: int) -> int:
+    """Type 3 flags: what both sides offered, one text encoding, and ESS exactly when the
+    dialect's responses use it (a verifier reads the NTLMv1 flavour from these flags)."""
+    flags = challenge_flags & negotiate_flags(dialect)
+    flags &= ~(_F.unicode | _F.oem | _F.extended_session_security)
+    flags |= _F.unicode if challenge_flags & _F.unicode else _F.oem
+    if dialect in _ESS_DIALECTS:
+        flags |= _F.extended_session_security
+    return flags
+
+
+def build_type3(creds: Credentials, dialect: str, t2: Type2, responses: Responses) -> bytes:
+    """An AUTHENTICATE_MESSAGE (no MIC, no session key, no version: cntlm sends none either)."""
+    try:
+        message = Authenticate(
+            authenticate_flags(dialect, t2.flags),
+            responses.lm,
+            responses.nt,
+            domain_name=creds.domain.upper() or None,
+            username=creds.username or None,
+            workstation=creds.workstation or None,
+        )
+        packed: bytes = message.pack()
+    except UnicodeEncodeError:
+        raise HandshakeError(
+            "the parent does not accept Unicode and a user, domain or workstation name "
+            "has characters outside windows-1252"
+        ) from None
+    except Exception:  # pyspnego's private builder, e.g. struct.error for a >64 KiB field
+        raise HandshakeError("cannot build an NTLM Type 3 for this challenge") from None
+    return packed
+
+
+def _now_filetime(clock: Clock) -> int:
+    return _EPOCH_AS_FILETIME + int(clock() * 10_000_000)
 
 
 class NtlmHandshake:
@@ -21,18 +245,49 @@ class NtlmHandshake:
                                        # -> "NTLM <type3>"; raises HandshakeError if no usable
                                        # NTLM challenge (missing, bare "NTLM", bad base64,
                                        # truncated Type 2)
+
+    `rng` and `clock` exist for tests; production uses os.urandom (the OS CSPRNG) and time.time.
+    start() once, then respond() once; anything else is a RuntimeError (a bug in the caller).
     """
 
-    def __init__(self, creds: Credentials, dialect: str = "NTLMv2") -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        creds: Credentials,
+        dialect: str = "NTLMv2",
+        *,
+        rng: Rng = os.urandom,
+        clock: Clock = time.time,
+    ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown NTLM dialect {dialect!r}")
+        problem = missing_for(creds, dialect)
+        if problem is not None:
+            raise ValueError(problem)
+        self._creds = creds
+        self._dialect = dialect
+        self._rng = rng
+        self._clock = clock
+        self._state = "new"
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
 
     def start(self) -> str:
-        raise NotImplementedError
+        if self._state != "new":
+            raise RuntimeError("NtlmHandshake.start() called twice")
+        self._state = "started"
+        type1 = Negotiate(negotiate_flags(self._dialect)).pack()
+        return "NTLM " + base64.b64encode(type1).decode("ascii")
 
     def respond(self, challenges: list[str]) -> str:
-        raise NotImplementedError
-
-
-def offers_ntlm(challenges: list[str]) -> bool:
-    """True when any Proxy-Authenticate value offers NTLM (bare "NTLM", any case)."""
-    raise NotImplementedError
+        if self._state != "started":
+            raise RuntimeError("NtlmHandshake.respond() needs start() first and runs once")
+        self._state = "done"
+        t2 = parse_type2(_challenge_token(challenges))
+        client = self._rng(8)
+        responses = compute_responses(
+            self._creds, self._dialect, t2, client, _now_filetime(self._clock)
+        )
+        type3 = build_type3(self._creds, self._dialect, t2, responses)
+        return "NTLM " + base64.b64encode(type3).decode("ascii")
