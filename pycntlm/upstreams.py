@@ -52,9 +52,9 @@ class Upstreams:
         self._failed_at: dict[HostPort, float] = {}
         self._retry_at: dict[HostPort, float] = {}
         self.failovers = 0
-        """How often current moved to a less preferred parent."""
+        """How often current moved away from a failed parent (or off a dead one onto a live one)."""
         self.failbacks = 0
-        """How often current moved back to a more preferred parent."""
+        """How often current moved back to a more preferred parent that worked again."""
 
     @property
     def parents(self) -> tuple[HostPort, ...]:
