@@ -1,13 +1,42 @@
 """cntlm.conf and command-line flags -> one frozen, typed Config.
 
-Owns: reading cntlm.conf like cntlm does (and louder), cntlm's precedence rules, CLI flags,
-`file:line:` errors, warnings for unknown/duplicate/unsupported keys.
-Must not: do I/O beyond reading the config file it is given, prompt, or touch the network.
+Owns: the Config types; the keyword table (keyword -> field, parser, single or multi-valued,
+implemented or not); cntlm's precedence (file: first value wins; command line: last value wins
+and beats the file, its list items go first, its -A/-D replace the file's ACL); `file:line:`
+errors; warnings for unknown, duplicate and unsupported keys; the default Listen.
+Text syntax (flags, lines, quoting, value formats) lives in cliflags.py.
+Must not: do I/O beyond reading the config file it is given, prompt, touch the network, or put
+a secret in an error, a warning or repr(Config).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
+
+from pycntlm.cliflags import (
+    BadValue,
+    CliArgs,
+    Parser,
+    Warn,
+    auth_value,
+    bool_value,
+    config_lines,
+    hash_value,
+    header_value,
+    host_port,
+    noproxy_value,
+    number_value,
+    parse_argv,
+    raw_item,
+    read_source,
+    shown,
+    shown_keyword,
+    text_value,
+)
+from pycntlm.cliflags import usage as usage
+from pycntlm.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/cntlm.conf"
 DEFAULT_LISTEN_PORT = 3128
@@ -93,19 +122,248 @@ class Config:
     prompt_password: bool = False  # -I
     magic_url: str | None = None  # -M (not yet implemented: warns)
     check_only: bool = False  # -t / --check-config
+    show_help: bool = False  # -h / --help: print usage() and exit
+    show_version: bool = False  # -V / --version
+
+    # Parsed and kept, but not implemented yet (a warning says so): raw text as written.
+    tunnels: tuple[str, ...] = ()  # Tunnel / -L
+    socks5_proxies: tuple[str, ...] = ()  # SOCKS5Proxy / -O
+    socks5_users: tuple[str, ...] = field(default=(), repr=False)  # SOCKS5User(s) / -R: secrets
 
     # Where it came from, and what the parser had to say.
     source_path: str | None = None
     warnings: tuple[str, ...] = ()
 
 
-def load(argv: list[str]) -> Config:
-    """Parse cntlm-style command-line flags (argv without the program name) and the config file
-    they name (or DEFAULT_CONFIG_PATH when -c is absent and that file exists), apply cntlm's
-    precedence, and return the merged Config. Raises ConfigError ("FILE:LINE: what is wrong")."""
-    raise NotImplementedError
+# ---------------------------------------------------------------- typed values
+
+
+def _proxy(value: str, warn: Warn) -> tuple[HostPort, ...]:
+    parsed = host_port(value)
+    if parsed is None or parsed[0] is None:
+        raise BadValue(f"Proxy needs host:port or [v6]:port (port 1-65535), got {shown(value)}")
+    return (HostPort(parsed[0], parsed[1]),)
+
+
+def _listen(value: str, warn: Warn) -> tuple[ListenAddr, ...]:
+    parsed = host_port(value)
+    if parsed is None:
+        raise BadValue(f"Listen needs [addr:]port, [v6]:port or iface:port, got {shown(value)}")
+    return (ListenAddr(parsed[0], parsed[1]),)
+
+
+def _acl(allow: bool) -> Parser:
+    name = "Allow" if allow else "Deny"
+
+    def parse(value: str, warn: Warn) -> tuple[AclRule, ...]:
+        if value in ("0/0", "*"):  # cntlm: everything, IPv4 and IPv6
+            return (AclRule(allow, "0/0"),)
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            need = "an IP address, a CIDR network or 0/0"
+            raise BadValue(f"{name} needs {need}, got {shown(value)}") from None
+        if "/" in value and network.network_address != ipaddress.ip_interface(value).ip:
+            warn(f"{name} {value} has host bits set; using {network}")
+            return (AclRule(allow, str(network)),)
+        return (AclRule(allow, value),)
+
+    return parse
+
+
+# ---------------------------------------------------------------- keywords: one table
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One config keyword: canonical spelling, the Config field it fills (None: nowhere), how
+    its value is parsed (multi-valued parsers return a tuple of items)."""
+
+    name: str
+    field: str | None
+    parse: Parser = text_value
+    multi: bool = False
+    implemented: bool = True
+
+
+def _number(name: str, field: str, cast: type[float], low: float, low_ok: bool) -> _Key:
+    return _Key(name, field, number_value(name, cast, low, low_ok))
+
+
+_KEY_LIST = (
+    _Key("Username", "username"),
+    _Key("Domain", "domain"),
+    _Key("Password", "password"),
+    _Key("PassNT", "pass_nt", hash_value("PassNT")),
+    _Key("PassLM", "pass_lm", hash_value("PassLM")),
+    _Key("PassNTLMv2", "pass_ntlmv2", hash_value("PassNTLMv2")),
+    _Key("Workstation", "workstation"),
+    _Key("Auth", "auth", auth_value),
+    _Key("Proxy", "proxies", _proxy, multi=True),
+    _Key("NoProxy", "noproxy", noproxy_value, multi=True),
+    _Key("Listen", "listen", _listen, multi=True),
+    _Key("Gateway", "gateway", bool_value("Gateway")),
+    _Key("Allow", "acl", _acl(True), multi=True),
+    _Key("Deny", "acl", _acl(False), multi=True),
+    _Key("Header", "headers", header_value, multi=True),
+    _Key("PidFile", "pidfile"),
+    _number("ConnectTimeout", "connect_timeout", float, 0, False),
+    _number("HandshakeTimeout", "handshake_timeout", float, 0, False),
+    _number("IdleTimeout", "idle_timeout", float, 0, False),
+    _number("FailbackInterval", "failback_interval", float, 0, False),
+    _number("AuthLockoutAfter", "auth_failures_before_lockout", int, 1, True),
+    _number("AuthBackoff", "auth_backoff", float, 0, True),
+    _number("PoolMaxIdle", "pool_max_idle", int, 0, True),
+    _number("PoolIdleTimeout", "pool_idle_ttl", float, 0, False),
+    # cntlm keywords we read but do not implement yet: each use is warned about.
+    _Key("Tunnel", "tunnels", raw_item, multi=True, implemented=False),
+    _Key("SOCKS5Proxy", "socks5_proxies", raw_item, multi=True, implemented=False),
+    _Key("SOCKS5User", "socks5_users", raw_item, multi=True, implemented=False),
+    _Key("SOCKS5Users", "socks5_users", raw_item, multi=True, implemented=False),
+    _Key("NTLMToBasic", None, implemented=False),
+    _Key("ISAScannerAgent", None, implemented=False),
+    _Key("ISAScannerSize", None, implemented=False),
+    _Key("Flags", None, implemented=False),
+    _Key("Pac", None, implemented=False),
+)
+_KEYS = {key.name.lower(): key for key in _KEY_LIST}
+_MULTI_FIELDS = tuple(dict.fromkeys(k.field for k in _KEY_LIST if k.multi and k.field))
+_HASH_FIELDS = (("PassNT", "pass_nt"), ("PassLM", "pass_lm"), ("PassNTLMv2", "pass_ntlmv2"))
+
+
+# ---------------------------------------------------------------- applying one setting
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a setting came from: a file line, or a command-line option (label)."""
+
+    path: str | None = None
+    line: int | None = None
+    label: str | None = None
+
+    def error(self, message: str) -> ConfigError:
+        if self.label is not None:
+            return ConfigError(f"{self.label}: {message}")
+        return ConfigError(message, self.path, self.line)
+
+    def text(self, message: str) -> str:
+        return str(self.error(message))
+
+
+@dataclass
+class _Acc:
+    """What one source (the file, or the command line) said, while it is being read."""
+
+    singles: dict[str, Any] = field(default_factory=dict)
+    first_line: dict[str, int] = field(default_factory=dict)
+    multis: dict[str, list[Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _apply(acc: _Acc, keyword: str, value: str | None, where: _Where, first_wins: bool) -> None:
+    """Record one setting. File: the first single value wins; command line: the last."""
+    key = _KEYS.get(keyword.lower())
+    if key is None:
+        acc.warnings.append(where.text(f"unknown keyword {shown_keyword(keyword)} ignored"))
+        return
+    if value is None:
+        acc.warnings.append(where.text(f"'{key.name}' has no value and is ignored"))
+        return
+    if not key.implemented:
+        acc.warnings.append(where.text(f"'{key.name}' is not implemented yet and is ignored"))
+    if key.field is None:
+        return
+    first = acc.first_line.get(key.field)
+    if first_wins and first is not None and not key.multi:
+        acc.warnings.append(
+            where.text(f"duplicate '{key.name}' ignored (first value from line {first} is used)")
+        )
+        return
+    try:
+        parsed = key.parse(value, lambda message: acc.warnings.append(where.text(message)))
+    except BadValue as exc:
+        raise where.error(str(exc)) from None
+    if key.multi:
+        acc.multis.setdefault(key.field, []).extend(parsed)
+    else:
+        acc.singles[key.field] = parsed
+        acc.first_line.setdefault(key.field, where.line or 0)
+
+
+# ---------------------------------------------------------------- merging and the public API
+
+
+def _read_file(text: str, path: str) -> _Acc:
+    acc = _Acc()
+    for number, keyword, value in config_lines(text, path):
+        _apply(acc, keyword, value, _Where(path, number), first_wins=True)
+    return acc
+
+
+def _combine(cli: _Acc, file: _Acc) -> tuple[dict[str, Any], list[str]]:
+    """cntlm's precedence: CLI single values beat the file's; CLI list items go first; any
+    CLI Allow/Deny replaces all of the file's."""
+    values: dict[str, Any] = {**file.singles, **cli.singles}
+    notes: list[str] = []
+    for name in _MULTI_FIELDS:
+        ours, theirs = cli.multis.get(name, []), file.multis.get(name, [])
+        if name == "acl" and ours and theirs:
+            notes.append(f"-A/-D replace the {len(theirs)} Allow/Deny rule(s) of the config file")
+            theirs = []
+        values[name] = tuple(ours + theirs)
+    return values, notes
+
+
+def _finish(values: dict[str, Any], warnings: list[str]) -> Config:
+    if not values.get("listen"):
+        host = None if values.get("gateway") else "127.0.0.1"
+        values["listen"] = (ListenAddr(host, DEFAULT_LISTEN_PORT),)
+        values["listen_defaulted"] = True
+    hashes = [name for name, key in _HASH_FIELDS if values.get(key) is not None]
+    if values.get("password") is not None and hashes and not values.get("prompt_password"):
+        given = "/".join(hashes)
+        warnings.append(f"both Password and {given} are given; the plaintext password is used")
+    return Config(**values, warnings=tuple(warnings))
 
 
 def parse_file(text: str, path: str) -> Config:
     """Parse the text of a cntlm.conf (no CLI). Raises ConfigError with path and line."""
-    raise NotImplementedError
+    file = _read_file(text, path)
+    values, notes = _combine(_Acc(), file)
+    values["source_path"] = path
+    return _finish(values, file.warnings + notes)
+
+
+def _cli_fields(cli: CliArgs) -> dict[str, Any]:
+    return {
+        "foreground": cli.foreground or cli.verbose,  # like cntlm, -v implies -f
+        "verbose": cli.verbose,
+        "quiet": cli.quiet,
+        "print_hashes": cli.print_hashes,
+        "prompt_password": cli.prompt_password,
+        "magic_url": cli.magic_url,
+        "check_only": cli.check_only,
+        "show_help": cli.show_help,
+        "show_version": cli.show_version,
+        "uid": cli.uid,
+    }
+
+
+def load(argv: list[str], default_path: str = DEFAULT_CONFIG_PATH) -> Config:
+    """Parse cntlm-style command-line flags (argv without the program name) and the config file
+    they name (or `default_path` when -c is absent and that file exists), apply cntlm's
+    precedence, and return the merged Config. Raises ConfigError ("FILE:LINE: what is wrong").
+    With -h or -V no file is read."""
+    cli = parse_argv(argv)
+    ours = _Acc()
+    for keyword, value, option in cli.settings:
+        _apply(ours, keyword, value, _Where(label=option), first_wins=False)
+    path: str | None = None
+    text, notes = "", list[str]()
+    if not (cli.show_help or cli.show_version):
+        path, text, notes = read_source(cli.config_path, default_path)
+    file = _read_file(text, path) if path is not None else _Acc()
+    values, merge_notes = _combine(ours, file)
+    values.update(_cli_fields(cli), source_path=path)
+    return _finish(values, notes + file.warnings + list(cli.notes) + ours.warnings + merge_notes)
