@@ -1,0 +1,217 @@
+"""The composition root: flags -> Config -> logging -> credentials -> server.
+
+Owns: sub-commands (demo), -H / -I prompting, scrubbing -p from the process title, dropping the
+plaintext password after hashing, daemonising, turning user errors into one line and exit 2.
+Must not: contain protocol logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import getpass
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pycntlm import __version__, config, context, creds, server
+from pycntlm import log as logsetup
+from pycntlm.errors import ConfigError, PycntlmError
+
+log = logging.getLogger("pycntlm")
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine on uvloop when it is installed (faster I/O), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "demo":
+            from pycntlm.demo import run_demo
+
+            return run_demo(args[1:])
+        return _main(args)
+    except ConfigError as exc:
+        print(f"pycntlm: {exc}", file=sys.stderr)
+        return 2
+    except PycntlmError as exc:
+        print(f"pycntlm: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(args: list[str]) -> int:
+    scrub_password_from_title(args)
+    cfg = config.load(args)
+    if cfg.show_help:
+        print(config.usage())
+        return 0
+    if cfg.show_version:
+        print(f"pycntlm {__version__}")
+        return 0
+    redactor = logsetup.setup(verbose=cfg.verbose, quiet=cfg.quiet)
+    redactor.add(cfg.password, cfg.pass_nt, cfg.pass_lm, cfg.pass_ntlmv2)
+    if cfg.print_hashes:
+        return _print_hashes(cfg)
+    if cfg.prompt_password:
+        cfg = dataclasses.replace(cfg, password=_prompt("Password: "))
+        redactor.add(cfg.password)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    _warn_readable_password(cfg)
+    credentials = creds.from_config(cfg, socket.gethostname()) if cfg.proxies else None
+    if credentials is not None:
+        for h in (credentials.nt_hash, credentials.lm_hash, credentials.ntlmv2_hash):
+            if h is not None:
+                redactor.add(h.hex(), bytes(b ^ 0xFF for b in h).hex())
+    cfg = dataclasses.replace(cfg, password=None)  # hashed; the plaintext is not kept
+    if cfg.check_only:
+        print(f"pycntlm: configuration OK ({server.describe(cfg)})")
+        return 0
+    sockets = server.bind_listeners(cfg)
+    if not cfg.foreground:
+        daemonize(cfg.pidfile)
+    elif cfg.pidfile:
+        write_pidfile(cfg.pidfile)
+    log.info("pycntlm %s starting; %s", __version__, server.describe(cfg))
+    ctx = context.build(cfg, credentials)
+
+    def reload() -> context.Context:
+        return _reload(args, redactor)
+
+    try:
+        run_loop(lambda: server.run(ctx, reload, sockets))
+    finally:
+        if cfg.pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(cfg.pidfile)
+    return 0
+
+
+def _reload(args: list[str], redactor: logsetup.Redactor) -> context.Context:
+    cfg = config.load(args)
+    redactor.add(cfg.password, cfg.pass_nt, cfg.pass_lm, cfg.pass_ntlmv2)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    credentials = creds.from_config(cfg, socket.gethostname()) if cfg.proxies else None
+    return context.build(dataclasses.replace(cfg, password=None), credentials)
+
+
+def _print_hashes(cfg: config.Config) -> int:
+    password = cfg.password if cfg.password is not None else _prompt("Password: ")
+    if not cfg.username:
+        raise ConfigError("-H needs a user name (-u USER or Username in the config)")
+    sys.stdout.write(creds.hash_lines(cfg.username, cfg.domain, password))
+    sys.stdout.flush()
+    return 0
+
+
+def _prompt(text: str) -> str:
+    if not sys.stdin.isatty():
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            raise ConfigError("no password given on standard input")
+        return line.rstrip("\r\n")
+    return getpass.getpass(text)
+
+
+def scrub_password_from_title(args: list[str]) -> None:
+    """Hide a -p password from /proc/PID/cmdline (and ps), as cntlm does."""
+    if not any(a == "-p" or (a.startswith("-p") and len(a) > 2) for a in args):
+        return
+    shown: list[str] = []
+    hide_next = False
+    for a in args:
+        if hide_next:
+            shown.append("*")
+            hide_next = False
+        elif a == "-p":
+            shown.append(a)
+            hide_next = True
+        elif a.startswith("-p"):
+            shown.append("-p*")
+        else:
+            shown.append(a)
+    try:
+        import setproctitle
+    except ImportError:
+        log.warning("setproctitle is not installed: -p stays visible in ps; prefer a config file")
+        return
+    setproctitle.setproctitle(" ".join(["pycntlm", *shown]))
+
+
+def _warn_readable_password(cfg: config.Config) -> None:
+    if not cfg.password or not cfg.source_path:
+        return
+    with contextlib.suppress(OSError):
+        mode = os.stat(cfg.source_path).st_mode
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            log.warning(
+                "%s holds a plaintext password and is readable by group/others: "
+                "chmod 600 it, or use PassNTLMv2 hashes (pycntlm -H)",
+                cfg.source_path,
+            )
+
+
+def write_pidfile(path: str) -> None:
+    """Write our PID without following a symlink; mode 0644."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot write pid file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def daemonize(pidfile: str | None) -> None:
+    """Detach like cntlm without -f: fork twice, new session, stdio to /dev/null, syslog."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    _log_to_syslog()
+    if pidfile:
+        write_pidfile(pidfile)
+
+
+def _log_to_syslog() -> None:
+    from logging.handlers import SysLogHandler
+
+    root = logging.getLogger("pycntlm")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    try:
+        handler: logging.Handler = SysLogHandler(address="/dev/log")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("pycntlm[%(process)d]: %(message)s"))
+    handler.addFilter(logsetup.REDACTOR)
+    root.addHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""One client connection's request loop.
+
+Owns: ACL check -> read head -> route (direct / tunnel / forward) -> upstream exchange -> relay
+-> one access-log line per request; turning errors into short answers for the client.
+Must not: authenticate (session.py), parse HTTP itself (http1.py), or put secrets in any answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from pycntlm import http1
+from pycntlm.context import Context
+from pycntlm.errors import AuthRejected, ProtocolError, UpstreamError
+from pycntlm.forward import client_head, relay_body
+from pycntlm.http1 import Framing, Request
+from pycntlm.net import ConnectionClosed, Conn, relay
+from pycntlm.session import (
+    AllParentsDown,
+    BodySource,
+    Exchange,
+    LockedOut,
+    via_direct,
+    via_parent,
+)
+
+log = logging.getLogger("pycntlm")
+access = logging.getLogger("pycntlm.access")
+
+HEAD_TIMEOUT = 30.0  # a whole request head must arrive within this, once it has begun
+PREFETCH_LIMIT = 64 * 1024  # request bodies up to this are read first, so they can be replayed
+
+REJECTED_TEXT = (
+    "pycntlm: the parent proxy rejected pycntlm's credentials. Check Username, Domain and the "
+    "password or hashes in pycntlm's configuration, then reload it (SIGHUP)."
+)
+
+
+@dataclass
+class Outcome:
+    status: int = 0
+    route: str = "-"
+    parent: str = "-"
+    sent: int = 0  # body bytes sent to the client
+    keep: bool = True
+
+
+async def serve_client(ctx: Context, client: Conn) -> None:
+    """Serve one client connection until it closes; never raises."""
+    ip = client.peername[0]
+    ctx.stats.clients_active += 1
+    try:
+        if not ctx.acl.allows(ip):
+            log.warning("client %s denied by the Allow/Deny rules", ip)
+            _answer(client, 403, "Forbidden", "pycntlm: your address is not allowed", False)
+            return
+        while await _one_request(ctx, client):
+            pass
+    except (ConnectionClosed, ConnectionError, TimeoutError):
+        pass
+    except Exception:  # the server must survive any bug in one connection
+        log.exception("internal error while serving %s", ip)
+        _answer(client, 500, "Internal Server Error", "pycntlm: internal error", False)
+    finally:
+        ctx.stats.clients_active -= 1
+        client.close()
+
+
+async def _one_request(ctx: Context, client: Conn) -> bool:
+    """Serve one request; True when the client connection stays open for another."""
+    try:
+        raw = await client.read_head(ctx.config.idle_timeout, HEAD_TIMEOUT)
+    except ProtocolError as exc:
+        _answer(client, exc.status, _reason(exc.status), f"pycntlm: {exc.message}", False)
+        _log_access(client, "-", "-", Outcome(exc.status, keep=False), 0.0)
+        return False
+    if raw is None:
+        return False
+    started = time.monotonic()
+    ctx.stats.requests += 1
+    method, target_text = "-", "-"
+    out = Outcome()
+    try:
+        req = http1.parse_request(raw)
+        method, target_text = req.method, req.target
+        out = await _route(ctx, client, req)
+    except ProtocolError as exc:
+        out = Outcome(exc.status, keep=False)
+        _answer(client, exc.status, _reason(exc.status), f"pycntlm: {exc.message}", False)
+    finally:
+        ctx.stats.by_status[out.status] = ctx.stats.by_status.get(out.status, 0) + 1
+        ctx.stats.by_route[out.route] = ctx.stats.by_route.get(out.route, 0) + 1
+        ctx.stats.bytes_to_clients += out.sent
+        _log_access(client, method, target_text, out, time.monotonic() - started)
+    return out.keep
+
+
+async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
+    target = http1.request_target(req)
+    direct = not ctx.config.proxies or ctx.noproxy.matches(target.host)
+    route = "direct" if direct else "parent"
+    keep = http1.client_wants_keep_alive(req)
+    is_connect = req.method.upper() == "CONNECT"
+    if is_connect:
+        return await _tunnel(ctx, client, req, target, direct)
+    body = await _prefetch(ctx, client, req, _body_source(ctx, client, req))
+    try:
+        if direct:
+            ex = await via_direct(ctx, client, req, target, body)
+        else:
+            ex = await via_parent(ctx, client, req, absolute_uri(target), body)
+    except UpstreamError as exc:
+        return _upstream_failure(ctx, client, exc, route, keep and not _unread_body(body))
+    return await _deliver(ctx, client, req, ex, route, keep)
+
+
+def _body_source(ctx: Context, client: Conn, req: Request) -> BodySource:
+    framing = http1.request_body(req)
+    if framing.framing is Framing.NONE:
+        return BodySource(False, None, None)
+
+    async def stream(dst: Conn) -> int:
+        n = await relay_body(client, dst, framing, ctx.config.idle_timeout)
+        ctx.stats.bytes_from_clients += n
+        return n
+
+    return BodySource(True, None, stream)
+
+
+async def _prefetch(ctx: Context, client: Conn, req: Request, body: BodySource) -> BodySource:
+    """Read a small Content-Length body first so the request can be replayed on another
+    connection; large, chunked and 100-continue bodies are streamed once instead."""
+    framing = http1.request_body(req)
+    expects = "100-continue" in ",".join(http1.header_values(req.headers, "expect")).lower()
+    if framing.framing is Framing.LENGTH and framing.length <= PREFETCH_LIMIT and not expects:
+        buf = bytearray()
+        await relay_body(client, buf, framing, ctx.config.idle_timeout)
+        ctx.stats.bytes_from_clients += len(buf)
+        body.prefetched = bytes(buf)
+    return body
+
+
+def absolute_uri(target: http1.Target) -> str:
+    """The absolute-form target sent to a parent (userinfo never included)."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = {"http": 80, "https": 443}.get(target.scheme)
+    port = "" if target.port == default else f":{target.port}"
+    return f"{target.scheme}://{host}{port}{target.path}"
+
+
+def _unread_body(body: BodySource) -> bool:
+    return body.has_body and body.prefetched is None and not body.sent
+
+
+async def _tunnel(
+    ctx: Context, client: Conn, req: Request, target: http1.Target, direct: bool
+) -> Outcome:
+    from pycntlm.net import open_conn
+
+    route = "direct" if direct else "parent"
+    if direct:
+        try:
+            up = await open_conn(target.host, target.port, ctx.config.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            err = UpstreamError(f"{target.host}:{target.port}", str(exc) or "timed out")
+            return _upstream_failure(ctx, client, err, route, True)
+        parent = "-"
+    else:
+        try:
+            ex = await via_parent(ctx, client, req, req.target, BodySource(False, None, None))
+        except UpstreamError as exc:
+            return _upstream_failure(ctx, client, exc, route, True)
+        parent = str(ex.up.parent)
+        if not 200 <= ex.response.status < 300:
+            return await _deliver(ctx, client, req, ex, route, True)
+        up = ex.up.conn
+    client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    ctx.stats.tunnels_active += 1
+    try:
+        to_up, to_client = await relay(client, up, ctx.config.idle_timeout)
+    finally:
+        ctx.stats.tunnels_active -= 1
+    ctx.stats.bytes_from_clients += to_up
+    return Outcome(200, route, parent, to_client, keep=False)
+
+
+async def _deliver(
+    ctx: Context, client: Conn, req: Request, ex: Exchange, route: str, keep: bool
+) -> Outcome:
+    resp = ex.response
+    method = req.method.upper()
+    body = http1.response_body(resp, method)
+    up_keep = http1.response_keeps_alive(resp, method)
+    if body.framing is Framing.UNTIL_CLOSE:
+        keep = False
+    parent = str(ex.up.parent) if ex.up.parent is not None else "-"
+    client.write(client_head(resp, keep))
+    sent = 0
+    try:
+        sent = await relay_body(ex.up.conn, client, body, ctx.config.idle_timeout)
+        if ex.pump is not None:
+            async with asyncio.timeout(ctx.config.idle_timeout):
+                await ex.pump
+    except BaseException:
+        ex.up.conn.close()
+        if ex.pump is not None and not ex.pump.done():
+            ex.pump.cancel()
+        raise
+    await client.drain(ctx.config.idle_timeout)
+    if up_keep:
+        ctx.pool.put(ex.up.key, ex.up.conn)
+    else:
+        ex.up.conn.close()
+    return Outcome(resp.status, route, parent, sent, keep)
+
+
+def _upstream_failure(
+    ctx: Context, client: Conn, exc: UpstreamError, route: str, keep: bool
+) -> Outcome:
+    if isinstance(exc, LockedOut):
+        text = (
+            f"{REJECTED_TEXT} pycntlm stopped using them for {exc.remaining:.0f} more seconds "
+            "to protect the account from lockout."
+        )
+        _answer(client, 407, "Proxy Authentication Required", text, keep)
+        return Outcome(407, route, "-", 0, keep)
+    if isinstance(exc, AuthRejected):
+        _answer(client, 407, "Proxy Authentication Required", REJECTED_TEXT, keep)
+        return Outcome(407, route, exc.parent, 0, keep)
+    if isinstance(exc, AllParentsDown):
+        text = f"pycntlm: no parent proxy could be used (tried: {exc.parent})"
+    else:
+        text = f"pycntlm: {exc.parent}: {exc.reason}"
+    status = 504 if "timed out" in text else 502
+    _answer(client, status, _reason(status), text, keep)
+    return Outcome(status, route, exc.parent, 0, keep)
+
+
+def _answer(client: Conn, status: int, reason: str, text: str, keep: bool) -> None:
+    try:
+        client.write(http1.simple_response(status, reason, text, keep_alive=keep))
+    except ConnectionClosed:
+        pass
+
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+def _reason(status: int) -> str:
+    return _REASONS.get(status, "Error")
+
+
+def _log_access(client: Conn, method: str, target: str, out: Outcome, seconds: float) -> None:
+    access.info(
+        "%s %s %s %s %s %d %d %.1fms",
+        client.peername[0],
+        method,
+        target,
+        out.route,
+        out.parent,
+        out.status,
+        out.sent,
+        seconds * 1000,
+    )

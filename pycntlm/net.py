@@ -1,0 +1,297 @@
+"""Connections: buffered reads for heads and bodies, then a zero-await relay (the hot loop).
+
+Owns: one TCP connection as an asyncio Protocol (`Conn`), connect with timeout, bounded head
+reads, and `relay()` which splices two connections together with backpressure, half-close and
+an idle timeout. Must not: parse HTTP beyond finding a head's end, know about NTLM or routing.
+
+Why a Protocol and not streams: in relay mode `data_received` writes straight into the peer's
+transport and flow control is the transports' own pause/resume callbacks, so a tunnel costs no
+task wake-ups, awaits or extra copies per chunk (see ../shared/FACTS.md: ~2-3x less CPU/GiB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from pycntlm import http1
+from pycntlm.errors import ProtocolError
+
+READ_HIGH_WATER = 1 << 20  # buffered bytes before we stop reading from the socket
+READ_CHUNK = 256 * 1024  # largest piece handed out by read_some()
+WRITE_HIGH_WATER = 1 << 20  # transport write buffer before pause_writing()
+
+
+class ConnectionClosed(Exception):
+    """The peer went away (EOF or reset) while we were waiting for it."""
+
+    def __init__(self, conn: Conn, what: str = "connection closed") -> None:
+        self.conn = conn
+        super().__init__(what)
+
+
+class Conn(asyncio.Protocol):
+    """One TCP connection. Starts in buffered mode; `relay()` switches a pair to relay mode."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._eof = False
+        self._lost = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._can_write = True
+        self._peer: Conn | None = None  # set in relay mode
+        self._relay_done: asyncio.Future[None] | None = None
+        self._eof_sent = False
+        self.relayed = 0  # bytes this side received and handed to its peer in relay mode
+        self.on_made: asyncio.Future[None] | None = None
+        self.peername: tuple[str, int] = ("?", 0)
+
+    # -- asyncio.Protocol callbacks -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peername = (str(peer[0]), int(peer[1]))
+        if self.on_made is not None and not self.on_made.done():
+            self.on_made.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self._peer
+        if peer is not None:
+            self.relayed += len(data)
+            assert peer.transport is not None
+            peer.transport.write(data)
+            return
+        self._buf += data
+        if len(self._buf) > READ_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        peer = self._peer
+        if peer is not None:
+            peer._send_eof()
+            self._check_relay_done()
+        self._wake()
+        return True  # keep the transport open: we may still write (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost = True
+        self._can_write = False
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if self._relay_done is not None and not self._relay_done.done():
+            self._relay_done.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write = False
+        peer = self._peer
+        if peer is not None and peer.transport is not None and not peer._lost:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._can_write = True
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        peer = self._peer
+        if peer is not None and peer.transport is not None and not peer._lost:
+            peer.transport.resume_reading()
+
+    # -- buffered mode ----------------------------------------------------------------------
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait_data(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        finally:
+            self._waiter = None
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        if (
+            self.transport is not None
+            and not self._lost
+            and len(self._buf) <= READ_HIGH_WATER
+            and not self.transport.is_reading()
+        ):
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def at_eof(self) -> bool:
+        """True when the peer has sent EOF and nothing is left in our buffer."""
+        return self._eof and not self._buf
+
+    @property
+    def is_closed(self) -> bool:
+        return self._lost or self.transport is None or self.transport.is_closing()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def is_reusable(self) -> bool:
+        """An idle connection can be reused when open, not at EOF, with nothing unread."""
+        return not self.is_closed and not self._eof and not self._buf
+
+    async def read_head(self, timeout: float, total: float | None = None) -> bytes | None:
+        """The next message head (through its blank line), or None at a clean EOF before any
+        byte. `timeout` bounds the wait for the first byte; once a head has begun, `total`
+        (default: `timeout`) bounds the whole head, so a trickled head cannot hold us for long.
+        Raises TimeoutError, ProtocolError (431 too big, 400 truncated)."""
+        scan_from = 0
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._buf and deadline is None:
+                deadline = loop.time() + (timeout if total is None else total)
+            end = http1.find_head_end(self._buf, scan_from)
+            if end >= 0:
+                return self._take(end)
+            if self._eof:
+                if not self._buf:
+                    return None
+                raise ProtocolError("connection closed in the middle of a message head", 400)
+            scan_from = max(0, len(self._buf) - 3)
+            wait = timeout if deadline is None else deadline - loop.time()
+            if wait <= 0:
+                raise TimeoutError
+            await self._wait_data(wait)
+
+    async def read_some(self, timeout: float, limit: int = READ_CHUNK) -> bytes:
+        """Whatever is available (at most `limit` bytes), waiting for some; b"" at EOF."""
+        while not self._buf:
+            if self._eof:
+                return b""
+            await self._wait_data(timeout)
+        return self._take(min(limit, len(self._buf)))
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes that belong to the next message."""
+        if data:
+            self._buf[:0] = data
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._lost or self.transport is None:
+            raise ConnectionClosed(self)
+        self.transport.write(data)
+
+    async def drain(self, timeout: float) -> None:
+        if self._lost:
+            raise ConnectionClosed(self)
+        if self._can_write:
+            return
+        loop = asyncio.get_running_loop()
+        self._drain_waiter = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+        if self._lost:
+            raise ConnectionClosed(self)
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        self.write(data)
+        await self.drain(timeout)
+
+    def _send_eof(self) -> None:
+        if self._eof_sent or self._lost or self.transport is None:
+            return
+        self._eof_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._check_relay_done()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- relay mode -----------------------------------------------------------------------------
+    def _check_relay_done(self) -> None:
+        peer = self._peer
+        if peer is None or self._relay_done is None or self._relay_done.done():
+            return
+        if self._eof and peer._eof and self._eof_sent and peer._eof_sent:
+            self._relay_done.set_result(None)
+
+
+async def open_conn(host: str, port: int, timeout: float) -> Conn:
+    """Connect with a timeout. Raises OSError / TimeoutError as they come (callers translate)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _, proto = await loop.create_connection(Conn, host, port)
+    return proto
+
+
+async def relay(a: Conn, b: Conn, idle_timeout: float) -> tuple[int, int]:
+    """Relay bytes both ways until both sides have closed (or one resets, or nothing moves for
+    idle_timeout seconds). Returns (bytes a->b, bytes b->a), counting what was buffered before."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    a._relay_done = done
+    b._relay_done = done
+    start_a, start_b = len(a._buf), len(b._buf)
+    for src, dst in ((a, b), (b, a)):
+        if src._buf and not dst._lost and dst.transport is not None:
+            dst.transport.write(bytes(src._buf))
+        src._buf.clear()
+        src._peer = dst
+    for src, dst in ((a, b), (b, a)):
+        if src.transport is not None and not src._lost:
+            if dst._can_write:
+                src.transport.resume_reading()
+            else:
+                src.transport.pause_reading()
+        if src._eof:
+            dst._send_eof()
+    if a._lost or b._lost:
+        done.set_result(None) if not done.done() else None
+    last = (-1, -1)
+    try:
+        while not done.done():
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    await asyncio.shield(done)
+            except TimeoutError:
+                now = (a.relayed, b.relayed)
+                if now == last:
+                    break
+                last = now
+    finally:
+        a._peer = b._peer = None
+        a._relay_done = b._relay_done = None
+        a.close()
+        b.close()
+    return a.relayed + start_a, b.relayed + start_b
+
+
+def set_keepalive(conn: Conn) -> None:
+    """TCP keepalive on long-lived connections so dead peers are found (best effort)."""
+    if conn.transport is None:
+        return
+    sock = conn.transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass

@@ -1,0 +1,240 @@
+"""Listeners, the client tasks, signals and graceful shutdown.
+
+Owns: binding every Listen (IPv4/IPv6 literals, host names, interface names such as docker0),
+one task per client connection (tracked, never stray), SIGTERM/SIGINT (stop accepting, let
+transfers finish for a grace period, then close), SIGHUP (reload), systemd notification.
+Must not: know HTTP or NTLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import resource
+import signal
+import socket
+import struct
+from collections.abc import Callable
+
+from pycntlm import handler
+from pycntlm.config import Config, ListenAddr
+from pycntlm.context import Context
+from pycntlm.errors import ConfigError
+from pycntlm.net import Conn
+from pycntlm.pool import prune_forever
+
+log = logging.getLogger("pycntlm")
+
+BACKLOG = 4096
+GRACE_SECONDS = 10.0
+SIOCGIFADDR = 0x8915
+
+
+def interface_ipv4(name: str) -> str | None:
+    """The IPv4 address of a network interface, or None if it has none / does not exist."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def resolve_listen(addr: ListenAddr, gateway: bool) -> list[str | None]:
+    """Hosts to bind for one Listen: None means every interface."""
+    if addr.host is None:
+        return [None] if gateway else ["127.0.0.1"]
+    try:
+        ipaddress.ip_address(addr.host)
+        return [addr.host]
+    except ValueError:
+        pass
+    if addr.host in {name for _, name in socket.if_nameindex()}:
+        ip = interface_ipv4(addr.host)
+        if ip is None:
+            raise ConfigError(f"Listen {addr}: interface {addr.host} has no IPv4 address")
+        return [ip]
+    return [addr.host]  # a host name such as localhost: the loop resolves it
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft open-files limit to the hard one (many tunnels = many sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(message.encode(), path)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+
+
+def bind_listeners(config: Config) -> list[socket.socket]:
+    """Bind and listen on every Listen before the event loop starts (so a daemon can report
+    bind errors before it forks). Raises ConfigError with a one-line reason."""
+    bound: list[socket.socket] = []
+    try:
+        for addr in config.listen:
+            for host in resolve_listen(addr, config.gateway):
+                bound.extend(_bind(host, addr.port))
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _bind(host: str | None, port: int) -> list[socket.socket]:
+    where = f"{host or '*'}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
+    socks: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    for family, _, proto, _, sockaddr in infos:
+        if (family, sockaddr) in seen:
+            continue
+        seen.add((family, sockaddr))
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            for s in socks:
+                s.close()
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        socks.append(sock)
+    return socks
+
+
+class Server:
+    """Runs until stop() is called. `reload` builds a new Context from the config source."""
+
+    def __init__(self, ctx: Context, reload: Callable[[], Context] | None = None) -> None:
+        self.ctx = ctx
+        self._reload = reload
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve on pre-bound sockets (see bind_listeners), or bind the config's listeners."""
+        loop = asyncio.get_running_loop()
+        if sockets is None:
+            sockets = bind_listeners(self.ctx.config)
+        for sock in sockets:
+            srv = await loop.create_server(self._make_protocol, sock=sock, backlog=BACKLOG)
+            self._servers.append(srv)
+            name = sock.getsockname()
+            self.addresses.append((str(name[0]), int(name[1])))
+        for host, port in self.addresses:
+            log.info("listening on %s:%d", host, port)
+        if self.ctx.config.listen_defaulted:
+            log.warning("no Listen in the configuration: listening on 127.0.0.1:3128")
+
+    def _make_protocol(self) -> Conn:
+        conn = Conn()
+        loop = asyncio.get_running_loop()
+        conn.on_made = loop.create_future()
+        conn.on_made.add_done_callback(lambda _f: self._spawn(conn))
+        return conn
+
+    def _spawn(self, conn: Conn) -> None:
+        if self._stopping.is_set():
+            conn.close()
+            return
+        task = asyncio.get_running_loop().create_task(handler.serve_client(self.ctx, conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def reload(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        old = self.ctx
+        self.ctx = new
+        old.pool.clear()
+        log.info("configuration reloaded; credentials re-armed")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve_until_stopped(self, grace: float = GRACE_SECONDS) -> None:
+        prune = asyncio.get_running_loop().create_task(prune_forever(self.ctx.pool, 15.0))
+        sd_notify("READY=1\nSTATUS=serving")
+        try:
+            await self._stopping.wait()
+        finally:
+            sd_notify("STOPPING=1")
+            prune.cancel()
+            await self._shutdown(grace)
+
+    async def _shutdown(self, grace: float) -> None:
+        for srv in self._servers:
+            srv.close()
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await srv.wait_closed() if not self._tasks else None
+        if self._tasks:
+            log.info("waiting up to %.0f s for %d open connections", grace, len(self._tasks))
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        self.ctx.pool.clear()
+
+
+def install_signals(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+
+
+async def run(
+    ctx: Context,
+    reload: Callable[[], Context] | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve (on pre-bound sockets, or bind now) until SIGTERM/SIGINT; shut down gracefully."""
+    limit = raise_nofile_limit()
+    log.debug("open files limit: %d", limit)
+    server = Server(ctx, reload)
+    await server.start(sockets)
+    install_signals(server)
+    await server.serve_until_stopped()
+
+
+def describe(config: Config) -> str:
+    parents = ", ".join(str(p) for p in config.proxies) or "none (direct only)"
+    return f"parents: {parents}; auth: {config.auth}"

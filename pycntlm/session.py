@@ -1,0 +1,334 @@
+"""One request's exchange with an upstream: a parent (authenticated) or the target (direct).
+
+Owns: taking a pooled connection or opening one (with failover across parents), the NTLM
+handshake legs on a fresh parent connection, the lockout gate, retrying a request whose bytes
+were not yet consumed. Must not: parse client heads or write access logs (handler.py does).
+
+Handshake legs on a fresh connection (NTLM authenticates the connection, not the request):
+  leg 1: the request itself without body (or HEAD of it when it has a body) + Type 1 -> 407 + Type 2
+  leg 2: the real request with its body + Type 3 -> the real response
+so a body is sent once, after the challenge, and never buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pycntlm import http1
+from pycntlm.auth import NtlmHandshake, offers_ntlm
+from pycntlm.config import HostPort
+from pycntlm.context import Context
+from pycntlm.errors import AuthRejected, HandshakeError, ProtocolError, UpstreamError
+from pycntlm.forward import skip_body, upstream_head
+from pycntlm.http1 import Request, Response
+from pycntlm.net import ConnectionClosed, Conn, open_conn
+from pycntlm.pool import PoolKey
+
+log = logging.getLogger("pycntlm.session")
+
+MAX_RESTARTS = 2  # new connections when a parent closes right after its challenge
+MAX_ATTEMPTS = 6  # all tries for one request (stale pooled connections, parents)
+
+
+class AllParentsDown(UpstreamError):
+    def __init__(self, tried: list[str]) -> None:
+        self.tried = tried
+        super().__init__(", ".join(tried) or "none", "no parent proxy could be used")
+
+
+class LockedOut(AuthRejected):
+    def __init__(self, remaining: float) -> None:
+        self.remaining = remaining
+        super().__init__("parent", f"credentials locked out for {remaining:.0f} more seconds")
+
+
+class _Stale(Exception):
+    """The upstream closed before answering: safe to retry when the request can be replayed."""
+
+
+class _Broken(Exception):
+    """The parent failed during the handshake: try the next parent."""
+
+
+class _Restart(Exception):
+    """The parent closed after its challenge: restart the handshake on a new connection."""
+
+
+@dataclass
+class Upstream:
+    conn: Conn
+    parent: HostPort | None  # None when direct
+    key: PoolKey
+    reused: bool
+
+
+@dataclass
+class BodySource:
+    """The client's request body: `prefetched` holds a small whole body (replayable);
+    otherwise `send` streams it from the client once."""
+
+    has_body: bool
+    prefetched: bytes | None
+    stream: Callable[[Conn], Awaitable[int]] | None
+    sent: bool = False
+
+    @property
+    def replayable(self) -> bool:
+        return not self.has_body or self.prefetched is not None or not self.sent
+
+    async def send(self, dst: Conn, timeout: float) -> int:
+        self.sent = True
+        if self.prefetched is not None:
+            await dst.send(self.prefetched, timeout)
+            return len(self.prefetched)
+        assert self.stream is not None
+        return await self.stream(dst)
+
+
+@dataclass
+class Exchange:
+    up: Upstream
+    response: Response
+    pump: asyncio.Task[int] | None  # still streaming the request body, if any
+
+
+async def send_and_read(
+    ctx: Context, up: Upstream, head: bytes, body: BodySource, client: Conn, timeout: float
+) -> Exchange:
+    """Send a request and return its final response head; interim 1xx go to the client."""
+    up.conn.write(head)
+    pump: asyncio.Task[int] | None = None
+    if body.has_body:
+        pump = asyncio.ensure_future(body.send(up.conn, ctx.config.idle_timeout))
+    else:
+        await up.conn.drain(timeout)
+    try:
+        while True:
+            raw = await up.conn.read_head(timeout)
+            if raw is None:
+                raise _Stale()
+            resp = http1.parse_response(raw)
+            if 100 <= resp.status < 200 and resp.status != 101:
+                client.write(raw)
+                continue
+            return Exchange(up, resp, pump)
+    except BaseException:
+        if pump is not None and not pump.done():
+            pump.cancel()
+        raise
+
+
+async def via_direct(
+    ctx: Context, client: Conn, req: Request, target: http1.Target, body: BodySource
+) -> Exchange:
+    """Send a request straight to its target (NoProxy): origin-form, no credentials ever."""
+    key: PoolKey = (f"direct {target.host}:{target.port}", "")
+    head = upstream_head(req, target.path, substitutions=ctx.config.headers)
+    for _ in range(MAX_ATTEMPTS):
+        conn = ctx.pool.get(key)
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn = await open_conn(target.host, target.port, ctx.config.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                raise UpstreamError(f"{target.host}:{target.port}", _why(exc)) from None
+        up = Upstream(conn, None, key, reused)
+        try:
+            return await send_and_read(ctx, up, head, body, client, ctx.config.idle_timeout)
+        except _Stale:
+            conn.close()
+            if not (reused and body.replayable):
+                raise UpstreamError(f"{target.host}:{target.port}", "closed without answering")
+    raise UpstreamError(f"{target.host}:{target.port}", "closed without answering")
+
+
+async def via_parent(
+    ctx: Context, client: Conn, req: Request, target: str, body: BodySource
+) -> Exchange:
+    """Send a request through a parent. Raises AllParentsDown, AuthRejected, UpstreamError."""
+    tried: list[str] = []
+    restarts = 0
+    for _ in range(MAX_ATTEMPTS):
+        pooled = _pooled(ctx)
+        if pooled is not None:
+            try:
+                head = upstream_head(req, target, substitutions=ctx.config.headers)
+                ex = await send_and_read(ctx, pooled, head, body, client, ctx.config.idle_timeout)
+            except _Stale:
+                pooled.conn.close()
+                if body.replayable:
+                    continue
+                raise UpstreamError(str(pooled.parent), "closed a reused connection") from None
+            if ex.response.status != 407:
+                return ex
+            # The parent wants the connection authenticated again: do it on a fresh one.
+            await _discard(ctx, ex, req.method)
+            if not body.replayable:
+                raise AuthRejected(str(pooled.parent), "asked to authenticate again mid-request")
+        try:
+            return await _fresh_parent(ctx, client, req, target, body, tried)
+        except _Restart:
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise UpstreamError(
+                    tried[-1] if tried else "parent", "closes the connection after its challenge"
+                ) from None
+        except _Broken:
+            if not body.replayable:
+                raise UpstreamError(tried[-1], "failed while the request was being sent") from None
+            if len(tried) >= len(ctx.config.proxies):
+                raise AllParentsDown(tried) from None
+    raise AllParentsDown(tried)
+
+
+def _pooled(ctx: Context) -> Upstream | None:
+    assert ctx.creds is not None
+    for parent in ctx.upstreams.candidates()[:1]:
+        key: PoolKey = (str(parent), ctx.creds.identity)
+        conn = ctx.pool.get(key)
+        if conn is not None:
+            return Upstream(conn, parent, key, True)
+    return None
+
+
+async def _connect_parent(ctx: Context, tried: list[str]) -> Upstream:
+    assert ctx.creds is not None
+    for parent in ctx.upstreams.candidates():
+        if any(t.startswith(f"{parent} ") for t in tried):
+            continue
+        try:
+            conn = await open_conn(parent.host, parent.port, ctx.config.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            ctx.upstreams.mark_failed(parent)
+            tried.append(f"{parent} ({_why(exc)})")
+            log.warning("parent %s: %s; trying the next one", parent, _why(exc))
+            continue
+        return Upstream(conn, parent, (str(parent), ctx.creds.identity), False)
+    raise AllParentsDown(tried)
+
+
+async def _gate(ctx: Context) -> None:
+    """Wait until the lockout guard lets us try a handshake (one at a time until proven)."""
+    deadline = ctx.clock() + ctx.config.handshake_timeout * 2
+    while not ctx.guard.begin_attempt():
+        if ctx.guard.wait_hint() == "locked":
+            raise LockedOut(ctx.guard.remaining())
+        if ctx.clock() > deadline:
+            raise UpstreamError("parent", "timed out waiting for another handshake to finish")
+        await ctx.guard_changed.wait()
+
+
+def _end_attempt(ctx: Context, ok: bool | None, parent: HostPort | None) -> None:
+    tripped = ctx.guard.end_attempt(ok)
+    ctx.guard_changed.set()
+    ctx.guard_changed.clear()
+    if tripped:
+        assert ctx.creds is not None
+        log.error(
+            "parent %s rejected the credentials of %s; not using them again for %.0f s "
+            "(this protects the account from lockout). Fix the configuration and send SIGHUP.",
+            parent,
+            ctx.creds.identity,
+            ctx.guard.remaining(),
+        )
+
+
+async def _fresh_parent(
+    ctx: Context, client: Conn, req: Request, target: str, body: BodySource, tried: list[str]
+) -> Exchange:
+    await _gate(ctx)
+    verdict: bool | None = None
+    up: Upstream | None = None
+    try:
+        up = await _connect_parent(ctx, tried)
+        ex, verdict = await _handshake(ctx, up, client, req, target, body)
+        assert up.parent is not None
+        ctx.upstreams.mark_ok(up.parent)
+        return ex
+    except (_Stale, ConnectionClosed, TimeoutError, HandshakeError, OSError) as exc:
+        if up is not None:
+            up.conn.close()
+            assert up.parent is not None
+            ctx.upstreams.mark_failed(up.parent)
+            tried.append(f"{up.parent} ({_why(exc)})")
+            log.warning("parent %s failed during the handshake: %s", up.parent, _why(exc))
+        raise _Broken() from None
+    except ProtocolError as exc:
+        if up is not None:
+            up.conn.close()
+            tried.append(f"{up.parent} (bad answer: {exc.message})")
+        raise _Broken() from None
+    except AuthRejected:
+        verdict = False
+        raise
+    finally:
+        _end_attempt(ctx, verdict, up.parent if up is not None else None)
+
+
+async def _handshake(
+    ctx: Context, up: Upstream, client: Conn, req: Request, target: str, body: BodySource
+) -> tuple[Exchange, bool | None]:
+    assert ctx.creds is not None
+    cfg = ctx.config
+    hs = NtlmHandshake(ctx.creds, cfg.auth)
+    leg1_real = not body.has_body
+    method = req.method if leg1_real else "HEAD"
+    head1 = upstream_head(
+        req, target, auth=hs.start(), substitutions=cfg.headers, method=method, drop_body=True
+    )
+    up.conn.write(head1)
+    await up.conn.drain(cfg.handshake_timeout)
+    raw = await up.conn.read_head(cfg.handshake_timeout)
+    if raw is None:
+        raise _Stale()
+    resp = http1.parse_response(raw)
+    ctx.stats.handshakes += 1
+    if resp.status != 407:  # this parent lets us through without authentication
+        if leg1_real:
+            return Exchange(up, resp, None), True
+        await skip_body(up.conn, http1.response_body(resp, method), cfg.handshake_timeout)
+        head = upstream_head(req, target, substitutions=cfg.headers)
+        return await send_and_read(ctx, up, head, body, client, cfg.idle_timeout), True
+    challenges = http1.header_values(resp.headers, "Proxy-Authenticate")
+    reusable = http1.response_keeps_alive(resp, method) and await skip_body(
+        up.conn, http1.response_body(resp, method), cfg.handshake_timeout
+    )
+    if not reusable or up.conn.at_eof:
+        up.conn.close()
+        raise _Restart()
+    if not offers_ntlm(challenges):
+        schemes = ", ".join(sorted({c.split(" ", 1)[0] for c in challenges})) or "nothing"
+        raise HandshakeError(f"parent offers no NTLM authentication (offers: {schemes})")
+    head2 = upstream_head(req, target, auth=hs.respond(challenges), substitutions=cfg.headers)
+    ex = await send_and_read(ctx, up, head2, body, client, cfg.idle_timeout)
+    if ex.response.status == 407:
+        await _discard(ctx, ex, req.method)
+        ctx.stats.auth_rejections += 1
+        raise AuthRejected(str(up.parent), "rejected pycntlm's credentials")
+    return ex, True
+
+
+async def _discard(ctx: Context, ex: Exchange, method: str) -> None:
+    """Drop an answer we do not pass on, and the connection with it."""
+    if ex.pump is not None:
+        ex.pump.cancel()
+    ex.up.conn.close()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, _Stale | ConnectionClosed):
+        return "closed the connection"
+    if isinstance(exc, HandshakeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
