@@ -83,22 +83,26 @@ def negotiate_flags(dialect: str) -> int:
 
 
 def _split_challenges(values: list[str]) -> list[tuple[str, str]]:
-    """(scheme, rest) for each challenge, also when several share one header value."""
+    """(scheme, rest) for each challenge, also when several share one header value (commas
+    inside quoted strings, with backslash escapes, do not split)."""
     out: list[tuple[str, str]] = []
     for value in values:
         piece: list[str] = []
-        quoted = False
+        quoted = escaped = False
         for ch in value + ",":
-            if ch == '"':
+            if escaped:
+                escaped = False
+            elif quoted and ch == "\\":
+                escaped = True
+            elif ch == '"':
                 quoted = not quoted
-            if ch == "," and not quoted:
-                text = "".join(piece).strip()
-                if text:
-                    scheme, _, rest = text.partition(" ")
-                    out.append((scheme, rest.strip()))
+            elif ch == "," and not quoted:
+                words = "".join(piece).split(None, 1)
+                if words:
+                    out.append((words[0], words[1].strip() if len(words) > 1 else ""))
                 piece = []
-            else:
-                piece.append(ch)
+                continue
+            piece.append(ch)
     return out
 
 

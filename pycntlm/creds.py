@@ -156,7 +156,10 @@ def _cntlm_hex(value: bytes) -> str:
 
 def hash_lines(username: str, domain: str, password: str) -> str:
     """What `pycntlm -H` prints: byte for byte what Debian's `cntlm -H` prints for ASCII input
-    after its "Password: " prompt line (three lines, each ending in a newline)."""
+    after its "Password: " prompt line (three lines, each ending in a newline).
+    ConfigError for an empty password (cntlm then prints all-F "hashes" that match nothing)."""
+    if not password:
+        raise ConfigError("-H needs a non-empty password")
     nt = ntowfv1(password)
     v2 = ntowfv2_cntlm(nt, username, domain)
     return (
