@@ -159,6 +159,8 @@ def _acl(allow: bool) -> Parser:
         if value in ("0/0", "*"):  # cntlm: everything, IPv4 and IPv6
             return (AclRule(allow, "0/0"),)
         try:
+            if "%" in value:  # a zone index means nothing to an ACL
+                raise ValueError(value)
             network = ipaddress.ip_network(value, strict=False)
         except ValueError:
             need = "an IP address, a CIDR network or 0/0"
