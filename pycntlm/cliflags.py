@@ -149,7 +149,7 @@ def _parents(positional: list[str]) -> list[str]:
 
 def usage() -> str:
     """The text `pycntlm -h` prints."""
-    return _USAGE
+    return _USAGE.rstrip("\n")
 
 
 _USAGE = """\
