@@ -56,7 +56,9 @@ def build(
     return Context(
         config=config,
         creds=creds,
-        upstreams=Upstreams(config.proxies, clock=clock, failback_interval=config.failback_interval),
+        upstreams=Upstreams(
+            config.proxies, clock=clock, failback_interval=config.failback_interval
+        ),
         pool=Pool(config.pool_max_idle, config.pool_idle_ttl, clock),
         guard=AuthGuard(
             threshold=config.auth_failures_before_lockout, backoff=config.auth_backoff, clock=clock

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pycntlm import http1
 from pycntlm.http1 import Body, Framing, Request, Response
-from pycntlm.net import READ_CHUNK, ConnectionClosed, Conn
+from pycntlm.net import READ_CHUNK, Conn, ConnectionClosed
 
 # A 407/401 body we skip to keep a connection usable is small; past this we close instead.
 MAX_SKIPPED_BODY = 1 << 20
 BODY_HEADERS = ("content-length", "transfer-encoding", "expect")
 
 
-def with_headers(headers: http1.Headers, substitutions: tuple[tuple[str, str], ...]) -> http1.Headers:
+def with_headers(
+    headers: http1.Headers, substitutions: tuple[tuple[str, str], ...]
+) -> http1.Headers:
     """Apply `Header` lines: each replaces every field of the same name, or is added."""
     if not substitutions:
         return headers

@@ -8,6 +8,7 @@ Must not: authenticate (session.py), parse HTTP itself (http1.py), or put secret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pycntlm.context import Context
 from pycntlm.errors import AuthRejected, ProtocolError, UpstreamError
 from pycntlm.forward import client_head, relay_body
 from pycntlm.http1 import Framing, Request
-from pycntlm.net import ConnectionClosed, Conn, relay
+from pycntlm.net import Conn, ConnectionClosed, relay
 from pycntlm.session import (
     AllParentsDown,
     BodySource,
@@ -240,10 +241,8 @@ def _upstream_failure(
 
 
 def _answer(client: Conn, status: int, reason: str, text: str, keep: bool) -> None:
-    try:
+    with contextlib.suppress(ConnectionClosed):
         client.write(http1.simple_response(status, reason, text, keep_alive=keep))
-    except ConnectionClosed:
-        pass
 
 
 _REASONS = {

@@ -11,7 +11,10 @@ import logging
 import re
 import sys
 
-_AUTH_BLOB = re.compile(r"((?:Proxy-)?Authori[sz]ation:?\s*\w+\s+)\S+|\b(NTLM|Negotiate|Basic)\s+[A-Za-z0-9+/=]{8,}", re.I)
+_AUTH_BLOB = re.compile(
+    r"((?:Proxy-)?Authori[sz]ation:?\s*\w+\s+)\S+|\b(NTLM|Negotiate|Basic)\s+[A-Za-z0-9+/=]{8,}",
+    re.I,
+)
 
 
 class Redactor(logging.Filter):

@@ -12,7 +12,9 @@ task wake-ups, awaits or extra copies per chunk (see ../shared/FACTS.md: ~2-3x l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from typing import cast
 
 from pycntlm import http1
 from pycntlm.errors import ProtocolError
@@ -50,7 +52,8 @@ class Conn(asyncio.Protocol):
 
     # -- asyncio.Protocol callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement the Transport API without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
@@ -291,7 +294,5 @@ def set_keepalive(conn: Conn) -> None:
     sock = conn.transport.get_extra_info("socket")
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    except OSError:
-        pass

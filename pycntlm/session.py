@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pycntlm import http1
-from pycntlm.auth import NtlmHandshake, offers_ntlm
+from pycntlm.auth import NtlmHandshake
 from pycntlm.config import HostPort
 from pycntlm.context import Context
 from pycntlm.errors import AuthRejected, HandshakeError, ProtocolError, UpstreamError
 from pycntlm.forward import skip_body, upstream_head
 from pycntlm.http1 import Request, Response
-from pycntlm.net import ConnectionClosed, Conn, open_conn
+from pycntlm.net import Conn, ConnectionClosed, open_conn
 from pycntlm.pool import PoolKey
 
 log = logging.getLogger("pycntlm.session")
@@ -125,7 +125,8 @@ async def via_direct(
     ctx: Context, client: Conn, req: Request, target: http1.Target, body: BodySource
 ) -> Exchange:
     """Send a request straight to its target (NoProxy): origin-form, no credentials ever."""
-    key: PoolKey = (f"direct {target.host}:{target.port}", "")
+    where = f"{target.host}:{target.port}"
+    key: PoolKey = (f"direct {where}", "")
     head = upstream_head(req, target.path, substitutions=ctx.config.headers)
     for _ in range(MAX_ATTEMPTS):
         conn = ctx.pool.get(key)
@@ -134,15 +135,15 @@ async def via_direct(
             try:
                 conn = await open_conn(target.host, target.port, ctx.config.connect_timeout)
             except (OSError, TimeoutError) as exc:
-                raise UpstreamError(f"{target.host}:{target.port}", _why(exc)) from None
+                raise UpstreamError(where, _why(exc)) from None
         up = Upstream(conn, None, key, reused)
         try:
             return await send_and_read(ctx, up, head, body, client, ctx.config.idle_timeout)
         except _Stale:
             conn.close()
             if not (reused and body.replayable):
-                raise UpstreamError(f"{target.host}:{target.port}", "closed without answering")
-    raise UpstreamError(f"{target.host}:{target.port}", "closed without answering")
+                raise UpstreamError(where, "closed without answering") from None
+    raise UpstreamError(where, "closed without answering")
 
 
 async def via_parent(
@@ -299,9 +300,6 @@ async def _handshake(
     if not reusable or up.conn.at_eof:
         up.conn.close()
         raise _Restart()
-    if not offers_ntlm(challenges):
-        schemes = ", ".join(sorted({c.split(" ", 1)[0] for c in challenges})) or "nothing"
-        raise HandshakeError(f"parent offers no NTLM authentication (offers: {schemes})")
     head2 = upstream_head(req, target, auth=hs.respond(challenges), substitutions=cfg.headers)
     ex = await send_and_read(ctx, up, head2, body, client, cfg.idle_timeout)
     if ex.response.status == 407:
