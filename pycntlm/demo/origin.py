@@ -319,7 +319,7 @@ class Origin:
         except ProtocolError as exc:
             with contextlib.suppress(OSError, TimeoutError):
                 await self._reply(writer, exc.status, b"bad request\n", close=True)
-        except (OSError, TimeoutError, ssl_module.SSLError) as exc:
+        except (OSError, TimeoutError) as exc:
             log.debug("origin connection ended: %s", type(exc).__name__)
         finally:
             self._tasks.discard(task)
@@ -441,7 +441,7 @@ class Origin:
         if method == "GET":
             for piece in _pattern_blocks(n):
                 await send(writer, piece, self._timeout)
-        if writer.can_write_eof():
+        if writer.can_write_eof() and not writer.transport.is_closing():
             writer.write_eof()
         return False
 

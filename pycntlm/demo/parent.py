@@ -286,7 +286,7 @@ class NtlmParent:
         return _Verdict(True, final=final)
 
     def _failed(self, conn: _Conn, why: str) -> _Verdict:
-        conn.pending = None
+        conn.pending, conn.authed = None, False
         self.stats.logons_failed += 1
         log.debug("parent: logon refused (%s)", why)
         return _REFUSE
@@ -343,6 +343,7 @@ class NtlmParent:
         except ProtocolError as exc:
             with contextlib.suppress(OSError, TimeoutError):
                 await self._reply(conn, exc.status, [], close=True)
+            log.debug("parent: refused a request: %s", exc.message)
         except (OSError, TimeoutError) as exc:
             log.debug("parent connection ended: %s", type(exc).__name__)
         finally:
@@ -353,14 +354,21 @@ class NtlmParent:
             writer.close()
 
     async def _reply(
-        self, conn: _Conn, status: int, headers: list[tuple[str, str]], close: bool
+        self,
+        conn: _Conn,
+        status: int,
+        headers: list[tuple[str, str]],
+        close: bool,
+        method: str = "GET",
     ) -> bool:
+        """Our own short text/plain response; False when the connection must end."""
         body = f"{status} {reason(status)}\n".encode()
         headers = [*headers, ("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
         if close:
             headers.append(("Connection", "close"))
         start = f"HTTP/1.1 {status} {reason(status)}"
-        await send(conn.writer, render_head(start, headers) + body, self._timeout)
+        payload = b"" if method == "HEAD" else body
+        await send(conn.writer, render_head(start, headers) + payload, self._timeout)
         return not close
 
     async def _refuse(
@@ -376,7 +384,7 @@ class NtlmParent:
         expect = "100-continue" in head.tokens("expect")
         if not expect:
             await discard_body(conn.reader, body, self._timeout)
-        keep = await self._reply(conn, status, headers, close or wants_close(head))
+        keep = await self._reply(conn, status, headers, close or wants_close(head), head.start[0])
         if keep and expect:  # the client may send the announced body anyway: skip it
             await discard_body(conn.reader, body, self._timeout)
         return keep
@@ -479,9 +487,9 @@ class NtlmParent:
         try:
             await send(up_writer, self._request_head(head, path, url.netloc), self._timeout)
             response, sent = await self._send_body(conn, head, body, up_reader, up_writer)
-        except (OSError, TimeoutError, ProtocolError):
+        except (OSError, TimeoutError):  # a client's bad body raises ProtocolError: 400
             self._drop_upstream(conn)
-            return await self._reply(conn, 502, [], close=True)
+            return await self._reply(conn, 502, [], True, head.start[0])
         self.stats.requests += 1
         conn.counter.requests += 1
         return await self._relay_response(conn, head, response, sent, body, extra)
@@ -549,9 +557,12 @@ class NtlmParent:
         start = f"HTTP/1.1 {status} {response.start[2]}"
         up_reader = conn.upstream[2] if conn.upstream else None
         await send(conn.writer, render_head(start, headers), self._timeout)
-        if up_reader is not None:
-            async for data, _ in body_pieces(up_reader, framing, self._timeout):
-                await send(conn.writer, data, self._timeout)
+        try:
+            if up_reader is not None:
+                async for data, _ in body_pieces(up_reader, framing, self._timeout):
+                    await send(conn.writer, data, self._timeout)
+        except ProtocolError as exc:  # the head is gone already: all we can do is close
+            raise ConnectionError(f"upstream body: {exc.message}") from None
         if not sent or wants_close(response) or framing.kind == "close":
             self._drop_upstream(conn)
         if not close and not sent:
@@ -565,7 +576,8 @@ async def _pump(
     timeout: float,
     activity: list[float],
 ) -> None:
-    """Copy one direction until EOF, then half-close; idle means neither side moved `timeout` s."""
+    """Copy one direction until EOF, then half-close; idle means neither side moved `timeout` s.
+    On any failure it aborts the destination, which ends the other direction too."""
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -580,11 +592,11 @@ async def _pump(
                 break
             activity[0] = loop.time()
             await send(writer, data, timeout)
-        if writer.can_write_eof():
+        if writer.can_write_eof() and not writer.transport.is_closing():
             writer.write_eof()
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, RuntimeError) as exc:  # uvloop: RuntimeError on a closed handle
+        log.debug("parent: tunnel direction ended: %s", type(exc).__name__)
         writer.transport.abort()
-        raise
 
 
 async def _relay(
@@ -596,10 +608,6 @@ async def _relay(
 ) -> None:
     """Relay both directions until both have ended (half-close aware) or one fails."""
     activity = [asyncio.get_running_loop().time()]
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(_pump(a_reader, b_writer, timeout, activity))
-            group.create_task(_pump(b_reader, a_writer, timeout, activity))
-    except* (OSError, TimeoutError):
-        a_writer.transport.abort()
-        b_writer.transport.abort()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_pump(a_reader, b_writer, timeout, activity))
+        group.create_task(_pump(b_reader, a_writer, timeout, activity))
