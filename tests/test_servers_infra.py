@@ -23,16 +23,36 @@ from servers import (
     TlsMaterial,
     clean_env,
     free_port,
+    git_http_server,
+    git_https_server,
+    git_root,
     http_origin,
     running,
+    server_tls,
+    squid_basic,
+    squid_basic_session,
+    squid_noauth,
+    squid_noauth_session,
+    squid_ntlm,
+    squid_ntlm_session,
     squid_proxy,
     stop_process,
     wait_for_port,
 )
 
-# The fixtures (squid_*, git_*_server, server_tls) come from the `servers` plugin package.
-pytest_plugins = ["servers"]
-
+# Fixtures used by parameter name; imported so this module does not depend on conftest.py.
+FIXTURES = (
+    git_http_server,
+    git_https_server,
+    git_root,
+    server_tls,
+    squid_basic,
+    squid_basic_session,
+    squid_noauth,
+    squid_noauth_session,
+    squid_ntlm,
+    squid_ntlm_session,
+)
 RUN_TIMEOUT = 60
 
 
