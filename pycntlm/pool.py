@@ -7,7 +7,6 @@ A key never mixes identities: an authenticated NTLM connection is bound to one u
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,9 +82,3 @@ class Pool:
                 e.conn.close()
         self._idle.clear()
 
-
-async def prune_forever(pool: Pool, interval: float) -> None:
-    """Background task: prune the pool every `interval` seconds until cancelled."""
-    while True:
-        await asyncio.sleep(interval)
-        pool.prune()

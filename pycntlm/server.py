@@ -25,11 +25,11 @@ from pycntlm.config import Config, ListenAddr
 from pycntlm.context import Context
 from pycntlm.errors import ConfigError
 from pycntlm.net import Conn
-from pycntlm.pool import prune_forever
 
 log = logging.getLogger("pycntlm")
 
 BACKLOG = 4096
+WATCH_SECONDS = 5.0  # how often the pool is pruned and the config file's mtime is checked
 GRACE_SECONDS = 10.0
 SIOCGIFADDR = 0x8915
 
@@ -83,6 +83,15 @@ def sd_notify(message: str) -> None:
             s.sendto(message.encode(), path)
     except OSError as exc:
         log.debug("sd_notify failed: %s", exc)
+
+
+def _mtime(path: str | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def bind_listeners(config: Config) -> list[socket.socket]:
@@ -188,14 +197,29 @@ class Server:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def _housekeeping(self, interval: float) -> None:
+        """Prune idle pooled connections, and reload when the config file changes (which also
+        re-arms credentials that were locked out after a rejection)."""
+        path = self.ctx.config.source_path
+        mtime = _mtime(path)
+        while True:
+            await asyncio.sleep(interval)
+            self.ctx.pool.prune()
+            now = _mtime(path)
+            if now != mtime:
+                mtime = now
+                log.info("%s changed: reloading", path)
+                self.reload()
+
     async def serve_until_stopped(self, grace: float = GRACE_SECONDS) -> None:
-        prune = asyncio.get_running_loop().create_task(prune_forever(self.ctx.pool, 15.0))
+        loop = asyncio.get_running_loop()
+        house = loop.create_task(self._housekeeping(WATCH_SECONDS))
         sd_notify("READY=1\nSTATUS=serving")
         try:
             await self._stopping.wait()
         finally:
             sd_notify("STOPPING=1")
-            prune.cancel()
+            house.cancel()
             await self._shutdown(grace)
 
     async def _shutdown(self, grace: float) -> None:
