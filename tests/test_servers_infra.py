@@ -5,6 +5,7 @@ These tests guard the infrastructure the end-to-end tests rely on; a missing too
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import socket
@@ -172,6 +173,35 @@ def test_git_https_rejects_an_untrusted_server(
     )
     assert done.returncode != 0
     assert "certificate" in done.stderr.lower()
+
+
+def _pkt_line(text: str) -> bytes:
+    data = text.encode()
+    return f"{len(data) + 4:04x}".encode() + data
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_git_server_takes_chunked_request_bodies(
+    git_http_server: GitServerInfo, tmp_path: Path, encoding: str
+) -> None:
+    """A chunked (and gzip-encoded) upload-pack request, as git sends for large negotiations."""
+    body = _pkt_line(f"want {git_http_server.head}\n") + b"0000" + _pkt_line("done\n")
+    (tmp_path / "body").write_bytes(gzip.compress(body) if encoding == "gzip" else body)
+    headers = ["Content-Type: application/x-git-upload-pack-request"]
+    headers += ["Transfer-Encoding: chunked", f"Content-Encoding: {encoding}"]
+    argv = ["curl", "-q", "-sS", "-f", "-o", str(tmp_path / "out"), "--data-binary"]
+    argv += [f"@{tmp_path / 'body'}", *(arg for h in headers for arg in ("-H", h))]
+    done = subprocess.run(
+        [*argv, f"{git_http_server.url}/git-upload-pack"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = (tmp_path / "out").read_bytes()
+    assert answer.startswith(b"0008NAK\nPACK")
+    assert len(answer) >= 1024 * 1024
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
