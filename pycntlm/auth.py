@@ -127,6 +127,9 @@ def _challenge_token(challenges: list[str]) -> bytes:
         raise HandshakeError("the NTLM challenge is not valid base64") from None
 
 
+_NEGOTIATE_TARGET_INFO = 0x00800000
+
+
 def _buffer(raw: bytes, at: int) -> bytes:
     """The payload a security buffer (len, maxlen, offset) at `at` points to, bounds-checked."""
     length, _, offset = struct.unpack_from("<HHI", raw, at)
@@ -159,9 +162,14 @@ def parse_type2(raw: bytes) -> Type2:
         raise HandshakeError("the NTLM challenge is not an NTLM message")
     if struct.unpack_from("<I", raw, 8)[0] != 2:
         raise HandshakeError("the NTLM challenge is not a Type 2 message")
-    _buffer(raw, 12)  # target name: unused, but it must lie inside the message
+    # The target name is not used, and not checked: squid's ntlm_fake_auth sends a garbage
+    # offset for it, and cntlm ignores it too.
     (flags,) = struct.unpack_from("<I", raw, 20)
-    target_info = _buffer(raw, 40) if len(raw) >= _TYPE2_FULL else b""
+    target_info = b""
+    if flags & _NEGOTIATE_TARGET_INFO:
+        if len(raw) < _TYPE2_FULL:
+            raise HandshakeError("the NTLM Type 2 message is truncated")
+        target_info = _buffer(raw, 40)
     return Type2(flags, raw[24:32], target_info, _timestamp(target_info))
 
 

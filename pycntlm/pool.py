@@ -81,4 +81,3 @@ class Pool:
             for e in entries:
                 e.conn.close()
         self._idle.clear()
-

@@ -33,7 +33,7 @@ from pycntlm.auth import (
     parse_type2,
 )
 from pycntlm.config import Config
-from pycntlm.creds import Credentials, from_config
+from pycntlm.creds import Credentials, from_config, from_password
 from pycntlm.errors import ConfigError, HandshakeError
 
 # ---- MS-NLMP 4.2 test vectors ---------------------------------------------------------------
@@ -373,7 +373,8 @@ def test_offered_schemes_never_echo_a_blob() -> None:
 
 
 def test_malformed_target_info() -> None:
-    bad = Challenge(NegotiateFlags.unicode, SERVER_CHALLENGE).pack()
+    flags = NegotiateFlags.unicode | NegotiateFlags.target_info
+    bad = Challenge(flags, SERVER_CHALLENGE).pack()
     bad = bad[:40] + struct.pack("<HHI", 8, 8, 48) + bad[48:] + b"\x02\x00\xff\x00abcd"
     with pytest.raises(HandshakeError, match="target info"):
         _respond([_ntlm(bad)])
@@ -461,3 +462,26 @@ def test_huge_target_info_is_a_handshake_error() -> None:
     assert len(parse_type2(big).target_info) > 65535 - 48
     with pytest.raises(HandshakeError):
         _respond([_ntlm(big)])
+
+
+# squid 5.7's ntlm_fake_auth, captured on loopback: the target name buffer has a garbage offset
+# (0xaaaaaaae) and there is no target info. cntlm ignores the target name, and so must we.
+SQUID_FAKE_TYPE2 = bytes.fromhex(
+    "4e544c4d535350000200000009000900aeaaaaaa078200a0f0e76272386d9ae5"
+    "0000000000003a00574f524b47524f5550"
+)
+
+
+@pytest.mark.parametrize("dialect", ["NTLM", "NTLM2SR", "NT", "LM"])
+def test_squid_fake_auth_type2_is_accepted(dialect: str) -> None:
+    hs = NtlmHandshake(from_password("testuser", "corp-uk", "WS", "password"), dialect)
+    hs.start()
+    value = hs.respond([_ntlm(SQUID_FAKE_TYPE2)])
+    assert value.startswith("NTLM TlRMTVNTUAADAAAA")
+
+
+def test_target_info_flag_without_room_for_it_is_truncated() -> None:
+    raw = bytearray(SQUID_FAKE_TYPE2[:40])
+    raw[20:24] = struct.pack("<I", 0x00800000 | 0x00000201)
+    with pytest.raises(HandshakeError, match="truncated"):
+        _respond([_ntlm(bytes(raw))])
