@@ -116,6 +116,8 @@ class Config:
     auth_backoff: float = 300.0  # AuthBackoff: seconds we stop using a rejected credential
     pool_max_idle: int = 32  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
+    # ConnectPorts: ports CONNECT may reach (direct and through a parent); () = the default.
+    connect_ports: tuple[tuple[int, int], ...] = ()
 
     # Actions chosen on the command line.
     print_hashes: bool = False  # -H
@@ -173,6 +175,25 @@ def _acl(allow: bool) -> Parser:
     return parse
 
 
+def _ports(value: str, warn: Warn) -> tuple[tuple[int, int], ...]:
+    """ConnectPorts: ports and ranges ("443, 8443, 5000-5010"), or "*" for any port."""
+    out: list[tuple[int, int]] = []
+    for item in value.replace(",", " ").split():
+        if item == "*":
+            out.append((1, 65535))
+            continue
+        low, _, high = item.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise BadValue(
+                f"ConnectPorts needs ports or ranges like 443 or 8000-8100, got {item!r}"
+            )
+        lo, hi = int(low), int(high or low)
+        if not 1 <= lo <= hi <= 65535:
+            raise BadValue(f"ConnectPorts: {item!r} is not a port range within 1-65535")
+        out.append((lo, hi))
+    return tuple(out)
+
+
 # ---------------------------------------------------------------- keywords: one table
 
 
@@ -209,6 +230,7 @@ _KEY_LIST = (
     _Key("Deny", "acl", _acl(False), multi=True),
     _Key("Header", "headers", header_value, multi=True),
     _Key("PidFile", "pidfile"),
+    _Key("ConnectPorts", "connect_ports", _ports, multi=True),
     _number("ConnectTimeout", "connect_timeout", float, 0, False),
     _number("HandshakeTimeout", "handshake_timeout", float, 0, False),
     _number("IdleTimeout", "idle_timeout", float, 0, False),

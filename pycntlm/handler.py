@@ -32,7 +32,15 @@ log = logging.getLogger("pycntlm")
 access = logging.getLogger("pycntlm.access")
 
 HEAD_TIMEOUT = 30.0  # a whole request head must arrive within this, once it has begun
-PREFETCH_LIMIT = 64 * 1024  # request bodies up to this are read first, so they can be replayed
+PREFETCH_LIMIT = 64 * 1024
+# CONNECT may reach these ports unless ConnectPorts says otherwise: HTTPS, its alternate port,
+# NNTPS, and SSH (git over ssh through a proxy). Any other port is refused with 403.
+DEFAULT_CONNECT_PORTS = (
+    (443, 443),
+    (8443, 8443),
+    (563, 563),
+    (22, 22),
+)  # request bodies up to this are read first, so they can be replayed
 
 REJECTED_TEXT = (
     "pycntlm: the parent proxy rejected pycntlm's credentials. Check Username, Domain and the "
@@ -106,6 +114,11 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
     keep = http1.client_wants_keep_alive(req)
     is_connect = req.method.upper() == "CONNECT"
     if is_connect:
+        allowed = ctx.config.connect_ports or DEFAULT_CONNECT_PORTS
+        if not any(lo <= target.port <= hi for lo, hi in allowed):
+            text = f"pycntlm: CONNECT to port {target.port} is not allowed (see ConnectPorts)"
+            _answer(client, 403, "Forbidden", text, keep)
+            return Outcome(403, route, keep=keep)
         return await _tunnel(ctx, client, req, target, direct)
     body = await _prefetch(ctx, client, req, _body_source(ctx, client, req))
     try:

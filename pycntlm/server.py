@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -19,6 +20,7 @@ import signal
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from pycntlm import handler
 from pycntlm.config import Config, ListenAddr
@@ -44,21 +46,42 @@ def interface_ipv4(name: str) -> str | None:
     return socket.inet_ntoa(packed[20:24])
 
 
+class InterfaceNotReady(Exception):
+    """A Listen names an interface that does not exist or has no IPv4 address yet."""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return True
+    except (socket.gaierror, UnicodeError):
+        return False
+
+
 def resolve_listen(addr: ListenAddr, gateway: bool) -> list[str | None]:
-    """Hosts to bind for one Listen: None means every interface."""
+    """Hosts to bind for one Listen: None means every interface. An interface name (docker0)
+    binds the interface's IPv4 address. Raises InterfaceNotReady for an interface without an
+    address yet, or a name that is neither an interface nor a resolvable host (yet)."""
     if addr.host is None:
         return [None] if gateway else ["127.0.0.1"]
-    try:
-        ipaddress.ip_address(addr.host)
+    if _is_ip(addr.host):
         return [addr.host]
-    except ValueError:
-        pass
     if addr.host in {name for _, name in socket.if_nameindex()}:
         ip = interface_ipv4(addr.host)
         if ip is None:
-            raise ConfigError(f"Listen {addr}: interface {addr.host} has no IPv4 address")
+            raise InterfaceNotReady(addr.host)
         return [ip]
-    return [addr.host]  # a host name such as localhost: the loop resolves it
+    if _resolves(addr.host):
+        return [addr.host]  # a host name such as localhost
+    raise InterfaceNotReady(addr.host)
 
 
 def raise_nofile_limit() -> int:
@@ -94,13 +117,29 @@ def _mtime(path: str | None) -> float | None:
         return None
 
 
+def pending_listeners(config: Config) -> list[ListenAddr]:
+    """Listens on interfaces that are not up yet (e.g. docker0 before Docker starts)."""
+    pending = []
+    for addr in config.listen:
+        try:
+            resolve_listen(addr, config.gateway)
+        except InterfaceNotReady:
+            pending.append(addr)
+    return pending
+
+
 def bind_listeners(config: Config) -> list[socket.socket]:
-    """Bind and listen on every Listen before the event loop starts (so a daemon can report
-    bind errors before it forks). Raises ConfigError with a one-line reason."""
+    """Bind and listen on every Listen that can be bound now, before the event loop starts (so
+    a daemon can report bind errors before it forks). Interfaces that are not up yet are left to
+    Server (see pending_listeners). Raises ConfigError with a one-line reason."""
     bound: list[socket.socket] = []
     try:
         for addr in config.listen:
-            for host in resolve_listen(addr, config.gateway):
+            try:
+                hosts = resolve_listen(addr, config.gateway)
+            except InterfaceNotReady:
+                continue
+            for host in hosts:
                 bound.extend(_bind(host, addr.port))
     except BaseException:
         for sock in bound:
@@ -128,7 +167,7 @@ def _bind(host: str | None, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
+            _bind_freely(sock, family, sockaddr)
             sock.listen(BACKLOG)
             sock.setblocking(False)
         except OSError as exc:
@@ -140,6 +179,27 @@ def _bind(host: str | None, port: int) -> list[socket.socket]:
     return socks
 
 
+IP_FREEBIND = 15  # Linux; Python 3.11's socket module has no constant for it
+IPV6_FREEBIND = 78
+
+
+def _bind_freely(sock: socket.socket, family: int, sockaddr: Any) -> None:
+    """Bind; an address that is not on this host yet (docker0 before Docker has started) is
+    bound anyway with IP_FREEBIND, and starts to receive connections once it exists."""
+    try:
+        sock.bind(sockaddr)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EADDRNOTAVAIL:
+            raise
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    sock.bind(sockaddr)
+    log.warning("%s is not on this host yet: bound it anyway (IP_FREEBIND)", sockaddr[0])
+
+
 class Server:
     """Runs until stop() is called. `reload` builds a new Context from the config source."""
 
@@ -149,6 +209,7 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._watchers: set[asyncio.Task[None]] = set()
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -163,8 +224,33 @@ class Server:
             self.addresses.append((str(name[0]), int(name[1])))
         for host, port in self.addresses:
             log.info("listening on %s:%d", host, port)
+        for addr in pending_listeners(self.ctx.config):
+            log.warning("interface %s is not up yet: will listen on it once it is", addr.host)
+            self._watchers.add(loop.create_task(self._listen_when_up(addr)))
         if self.ctx.config.listen_defaulted:
             log.warning("no Listen in the configuration: listening on 127.0.0.1:3128")
+
+    async def _listen_when_up(self, addr: ListenAddr, interval: float = 2.0) -> None:
+        """Wait (bounded only by shutdown) for an interface to get its IPv4 address, then serve."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                hosts = resolve_listen(addr, self.ctx.config.gateway)
+            except InterfaceNotReady:
+                await asyncio.sleep(interval)
+                continue
+            try:
+                socks = [s for h in hosts for s in _bind(h, addr.port)]
+            except ConfigError as exc:
+                log.error("%s", exc)
+                return
+            for sock in socks:
+                srv = await loop.create_server(self._make_protocol, sock=sock, backlog=BACKLOG)
+                self._servers.append(srv)
+                name = sock.getsockname()
+                self.addresses.append((str(name[0]), int(name[1])))
+                log.info("interface %s is up: listening on %s:%d", addr.host, name[0], name[1])
+            return
 
     def _make_protocol(self) -> Conn:
         conn = Conn()
@@ -223,6 +309,8 @@ class Server:
             await self._shutdown(grace)
 
     async def _shutdown(self, grace: float) -> None:
+        for watcher in self._watchers:
+            watcher.cancel()
         for srv in self._servers:
             srv.close()
         for srv in self._servers:

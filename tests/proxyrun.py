@@ -55,9 +55,18 @@ async def running_proxy(
         await asyncio.wait_for(task, 10)
 
 
-def conf(*parents: str, auth: str = "NTLMv2", creds_lines: str = "", extra: str = "") -> str:
-    """A cntlm.conf text. Default credentials: testuser / corp-uk / password (plaintext)."""
+def conf(
+    *parents: str,
+    auth: str = "NTLMv2",
+    creds_lines: str = "",
+    extra: str = "",
+    connect_ports: str = "*",
+) -> str:
+    """A cntlm.conf text. Default credentials: testuser / corp-uk / password (plaintext).
+    Test servers use random ports, so CONNECT is allowed to any port unless told otherwise."""
     lines = ["Username testuser", "Domain corp-uk", f"Auth {auth}"]
+    if connect_ports:
+        lines.append(f"ConnectPorts {connect_ports}")
     lines.append(creds_lines or "Password password")
     lines += [f"Proxy {p}" for p in parents]
     lines.append("Listen 127.0.0.1:3128")

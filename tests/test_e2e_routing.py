@@ -181,6 +181,33 @@ async def test_bad_input_gets_4xx_and_server_keeps_serving(
         assert good.status == 200
 
 
+@pytest.mark.parametrize(
+    ("ports", "port", "allowed"),
+    [
+        ("", 443, True),
+        ("", 8443, True),
+        ("", 25, False),
+        ("", 5000, False),
+        ("5000-5010", 5005, True),
+        ("5000-5010", 443, False),
+    ],
+)
+async def test_connect_port_policy(
+    tmp_path: Path, parent: NtlmParent, ports: str, port: int, allowed: bool
+) -> None:
+    text = conf(parent.address, connect_ports=ports, extra="NoProxy 127.0.0.1")
+    async with running_proxy(text, tmp_path) as proxy:
+        client = await RawClient.connect(proxy.port)
+        await client.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        rep = await client.reply("CONNECT")
+        await client.close()
+    if allowed:
+        assert rep.status != 403  # (nothing listens there: 502 from the direct connect)
+    else:
+        assert rep.status == 403
+        assert b"ConnectPorts" in rep.body
+
+
 async def test_unknown_method_is_forwarded(
     tmp_path: Path, parent: NtlmParent, origin: Origin
 ) -> None:
