@@ -19,7 +19,7 @@ import resource
 import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pycntlm import handler
@@ -224,6 +224,10 @@ class Server:
             self.addresses.append((str(name[0]), int(name[1])))
         for host, port in self.addresses:
             log.info("listening on %s:%d", host, port)
+        from pycntlm import frontends  # Tunnel (-L) and SOCKS5 (-O) listeners
+
+        for srv in await frontends.start_frontends(self.ctx, self.spawn):
+            self._servers.append(srv)
         for addr in pending_listeners(self.ctx.config):
             log.warning("interface %s is not up yet: will listen on it once it is", addr.host)
             self._watchers.add(loop.create_task(self._listen_when_up(addr)))
@@ -263,7 +267,11 @@ class Server:
         if self._stopping.is_set():
             conn.close()
             return
-        task = asyncio.get_running_loop().create_task(handler.serve_client(self.ctx, conn))
+        self.spawn(handler.serve_client(self.ctx, conn))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one connection's coroutine as a tracked task (waited for at shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

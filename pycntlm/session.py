@@ -96,7 +96,7 @@ class Exchange:
 
 
 async def send_and_read(
-    ctx: Context, up: Upstream, head: bytes, body: BodySource, client: Conn, timeout: float
+    ctx: Context, up: Upstream, head: bytes, body: BodySource, client: Conn | None, timeout: float
 ) -> Exchange:
     """Send a request and return its final response head; interim 1xx go to the client."""
     up.conn.write(head)
@@ -112,7 +112,8 @@ async def send_and_read(
                 raise _Stale()
             resp = http1.parse_response(raw)
             if 100 <= resp.status < 200 and resp.status != 101:
-                client.write(raw)
+                if client is not None:
+                    client.write(raw)
                 continue
             return Exchange(up, resp, pump)
     except BaseException:
@@ -147,7 +148,7 @@ async def via_direct(
 
 
 async def via_parent(
-    ctx: Context, client: Conn, req: Request, target: str, body: BodySource
+    ctx: Context, client: Conn | None, req: Request, target: str, body: BodySource
 ) -> Exchange:
     """Send a request through a parent. Raises AllParentsDown, AuthRejected, UpstreamError."""
     tried: list[str] = []
@@ -183,6 +184,37 @@ async def via_parent(
             if len(tried) >= len(ctx.config.proxies):
                 raise AllParentsDown(tried) from None
     raise AllParentsDown(tried)
+
+
+class TunnelRefused(UpstreamError):
+    """The parent answered a CONNECT with something other than 2xx."""
+
+    def __init__(self, parent: str, status: int, reason: str) -> None:
+        self.status = status
+        super().__init__(parent, f"refused the tunnel: {status} {reason}")
+
+
+def is_direct(ctx: Context, host: str) -> bool:
+    return not ctx.config.proxies or ctx.noproxy.matches(host)
+
+
+async def open_tunnel(ctx: Context, host: str, port: int) -> tuple[Conn, HostPort | None]:
+    """A byte stream to host:port for the non-HTTP front ends (Tunnel, SOCKS5): a direct
+    connection for NoProxy hosts (or when there are no parents), otherwise an authenticated
+    CONNECT through a parent. Returns the connection and the parent used (None when direct).
+    Raises UpstreamError: AllParentsDown, AuthRejected / LockedOut, TunnelRefused."""
+    if is_direct(ctx, host):
+        try:
+            return await open_conn(host, port, ctx.config.connect_timeout), None
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"{host}:{port}", _why(exc)) from None
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    req = Request("CONNECT", authority, "HTTP/1.1", (("Host", authority),))
+    ex = await via_parent(ctx, None, req, authority, BodySource(False, None, None))
+    if not 200 <= ex.response.status < 300:
+        ex.up.conn.close()
+        raise TunnelRefused(str(ex.up.parent), ex.response.status, ex.response.reason)
+    return ex.up.conn, ex.up.parent
 
 
 def _pooled(ctx: Context) -> Upstream | None:
@@ -238,7 +270,7 @@ def _end_attempt(ctx: Context, ok: bool | None, parent: HostPort | None) -> None
 
 
 async def _fresh_parent(
-    ctx: Context, client: Conn, req: Request, target: str, body: BodySource, tried: list[str]
+    ctx: Context, client: Conn | None, req: Request, target: str, body: BodySource, tried: list[str]
 ) -> Exchange:
     await _gate(ctx)
     verdict: bool | None = None
@@ -270,7 +302,7 @@ async def _fresh_parent(
 
 
 async def _handshake(
-    ctx: Context, up: Upstream, client: Conn, req: Request, target: str, body: BodySource
+    ctx: Context, up: Upstream, client: Conn | None, req: Request, target: str, body: BodySource
 ) -> tuple[Exchange, bool | None]:
     assert ctx.creds is not None
     cfg = ctx.config
