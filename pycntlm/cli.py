@@ -74,7 +74,7 @@ def _main(args: list[str]) -> int:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     _warn_readable_password(cfg)
-    credentials = creds.from_config(cfg, socket.gethostname()) if cfg.proxies else None
+    credentials = _credentials(cfg)
     if credentials is not None:
         for h in (credentials.nt_hash, credentials.lm_hash, credentials.ntlmv2_hash):
             if h is not None:
@@ -108,8 +108,16 @@ def _reload(args: list[str], redactor: logsetup.Redactor) -> context.Context:
     redactor.add(cfg.password, cfg.pass_nt, cfg.pass_lm, cfg.pass_ntlmv2)
     for warning in cfg.warnings:
         log.warning("%s", warning)
-    credentials = creds.from_config(cfg, socket.gethostname()) if cfg.proxies else None
+    credentials = _credentials(cfg)
     return context.build(dataclasses.replace(cfg, password=None), credentials)
+
+
+def _credentials(cfg: config.Config) -> creds.Credentials | None:
+    """The configured credentials; none are needed without parents, or with NTLMToBasic when
+    no Username is configured (every client then logs in with its own)."""
+    if not cfg.proxies or (cfg.ntlm_to_basic and not cfg.username):
+        return None
+    return creds.from_config(cfg, socket.gethostname())
 
 
 def _print_hashes(cfg: config.Config) -> int:

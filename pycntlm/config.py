@@ -116,6 +116,9 @@ class Config:
     auth_backoff: float = 300.0  # AuthBackoff: seconds we stop using a rejected credential
     pool_max_idle: int = 32  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
+    ntlm_to_basic: bool = False  # NTLMToBasic / -B: clients' Basic credentials, NTLM upstream
+    status_listen: tuple[ListenAddr, ...] = ()  # StatusListen: the /metrics endpoint (off)
+    standalone: bool = False  # Standalone: serve directly while every parent is down
     # ConnectPorts: ports CONNECT may reach (direct and through a parent); () = the default.
     connect_ports: tuple[tuple[int, int], ...] = ()
 
@@ -244,7 +247,9 @@ _KEY_LIST = (
     _Key("SOCKS5Proxy", "socks5_proxies", raw_item, multi=True, implemented=False),
     _Key("SOCKS5User", "socks5_users", raw_item, multi=True, implemented=False),
     _Key("SOCKS5Users", "socks5_users", raw_item, multi=True, implemented=False),
-    _Key("NTLMToBasic", None, implemented=False),
+    _Key("NTLMToBasic", "ntlm_to_basic", bool_value("NTLMToBasic")),
+    _Key("StatusListen", "status_listen", _listen),
+    _Key("Standalone", "standalone", bool_value("Standalone")),
     _Key("ISAScannerAgent", None, implemented=False),
     _Key("ISAScannerSize", None, implemented=False),
     _Key("Flags", None, implemented=False),

@@ -7,17 +7,22 @@ Must not: do I/O (it only holds an asyncio.Event). No globals: a Context is pass
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pycntlm.acl import Acl
 from pycntlm.config import Config
-from pycntlm.creds import Credentials
+from pycntlm.creds import Credentials, from_password
 from pycntlm.lockout import AuthGuard
 from pycntlm.noproxy import NoProxy
 from pycntlm.pool import Pool
 from pycntlm.upstreams import Upstreams
+
+MAX_BASIC_USERS = 256  # NTLMToBasic identities remembered (least recently used dropped)
 
 
 @dataclass
@@ -48,6 +53,34 @@ class Context:
     clock: Callable[[], float]
     # Set and cleared whenever a handshake attempt ends, to wake requests waiting at the gate.
     guard_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # NTLMToBasic: one derived Context per client user (own credentials, guard and pool keys;
+    # shared parents, pool and counters), keyed by a digest of user, domain and password.
+    users: OrderedDict[bytes, Context] = field(default_factory=OrderedDict)
+
+    def for_user(self, username: str, domain: str, password: str) -> Context:
+        """The Context that authenticates upstream as this client user (NTLMToBasic).
+        Hashing is done once per distinct credential; the plaintext is not kept."""
+        key = hashlib.sha256("\0".join((username, domain, password)).encode()).digest()
+        found = self.users.get(key)
+        if found is not None:
+            self.users.move_to_end(key)
+            return found
+        ws = self.creds.workstation if self.creds is not None else "PYCNTLM"
+        derived = dataclasses.replace(
+            self,
+            creds=from_password(username, domain, ws, password),
+            guard=AuthGuard(
+                threshold=self.config.auth_failures_before_lockout,
+                backoff=self.config.auth_backoff,
+                clock=self.clock,
+            ),
+            guard_changed=asyncio.Event(),
+            users=OrderedDict(),
+        )
+        self.users[key] = derived
+        while len(self.users) > MAX_BASIC_USERS:
+            self.users.popitem(last=False)
+        return derived
 
 
 def build(

@@ -8,6 +8,8 @@ Must not: authenticate (session.py), parse HTTP itself (http1.py), or put secret
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -113,6 +115,18 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
     route = "direct" if direct else "parent"
     keep = http1.client_wants_keep_alive(req)
     is_connect = req.method.upper() == "CONNECT"
+    if ctx.config.ntlm_to_basic and not direct:
+        user = basic_credentials(req, ctx.config.domain)
+        if user is None:
+            # An unread request body would be taken for the next request: close instead.
+            keep = keep and http1.request_body(req).framing is Framing.NONE
+            text = "pycntlm: log in with your domain user name and password (NTLMToBasic)"
+            extra = (("Proxy-Authenticate", 'Basic realm="pycntlm"'),)
+            client.write(
+                http1.simple_response(407, _reason(407), text, keep_alive=keep, extra=extra)
+            )
+            return Outcome(407, route, keep=keep)
+        ctx = ctx.for_user(*user)
     if is_connect:
         allowed = ctx.config.connect_ports or DEFAULT_CONNECT_PORTS
         if not any(lo <= target.port <= hi for lo, hi in allowed):
@@ -155,6 +169,28 @@ async def _prefetch(ctx: Context, client: Conn, req: Request, body: BodySource) 
         ctx.stats.bytes_from_clients += len(buf)
         body.prefetched = bytes(buf)
     return body
+
+
+def basic_credentials(req: Request, default_domain: str) -> tuple[str, str, str] | None:
+    """(user, domain, password) from a client's `Proxy-Authorization: Basic` (NTLMToBasic).
+    The user may be written DOMAIN\\user or user@domain; otherwise the configured Domain."""
+    for value in http1.header_values(req.headers, "proxy-authorization"):
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "basic":
+            continue
+        try:
+            text = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        login, sep, password = text.partition(":")
+        if not sep or not login:
+            return None
+        domain, sep, user = login.partition("\\")
+        if not sep:
+            user, sep, domain = login.rpartition("@") if "@" in login else (login, "", "")
+            domain = domain if sep else default_domain
+        return (user, domain, password) if user else None
+    return None
 
 
 def absolute_uri(target: http1.Target) -> str:

@@ -76,6 +76,10 @@ class Pool:
             return len(self._idle.get(key, ()))
         return sum(len(v) for v in self._idle.values())
 
+    def idle_count_for(self, where: str) -> int:
+        """Idle connections to one parent ("host:port"), whatever their identity."""
+        return sum(len(v) for k, v in self._idle.items() if k[0] == where)
+
     def clear(self) -> None:
         for entries in self._idle.values():
             for e in entries:

@@ -43,7 +43,8 @@ async def running_proxy(
     path.write_text(conf_text)
     cfg = config.load(["-c", str(path), "-f"], default_path=str(tmp_path / "absent.conf"))
     cfg = dataclasses.replace(cfg, listen=(ListenAddr("127.0.0.1", 0),), **overrides)  # type: ignore[arg-type]
-    credentials = creds.from_config(cfg, "TESTHOST") if cfg.proxies else None
+    needed = cfg.proxies and not (cfg.ntlm_to_basic and not cfg.username)
+    credentials = creds.from_config(cfg, "TESTHOST") if needed else None
     ctx = context.build(dataclasses.replace(cfg, password=None), credentials)
     srv = server.Server(ctx)
     await srv.start(server.bind_listeners(ctx.config))
