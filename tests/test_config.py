@@ -280,7 +280,7 @@ def test_warnings_in_file_order() -> None:
         "SOCKS5Users dave:pw\n"
         "ISAScannerSize 1024\n"
         "Flags 0x06820000\n"
-        "NTLMToBasic yes\n"
+        "Pac /etc/proxy.pac\n"
         "Username=bob\n"
     )
     cfg = parse(text)
@@ -293,7 +293,7 @@ def test_warnings_in_file_order() -> None:
         msg("'SOCKS5Users' is not implemented yet and is ignored", 6),
         msg("'ISAScannerSize' is not implemented yet and is ignored", 7),
         msg("'Flags' is not implemented yet and is ignored", 8),
-        msg("'NTLMToBasic' is not implemented yet and is ignored", 9),
+        msg("'Pac' is not implemented yet and is ignored", 9),
         msg("unknown keyword 'Username...' ignored", 10),
     )
     assert cfg.auth == "NTLMv2"
@@ -474,7 +474,6 @@ def test_cli_flags(argv: list[str], expected: dict[str, Any]) -> None:
         (["-M", "http://example.com/"], "-M (magic NTLM dialect detection) is not implemented yet"),
         (["-s"], "-s (serialize requests) is not implemented and is ignored"),
         (["-T", "trace.log"], "-T (trace file) is not implemented and is ignored"),
-        (["-B"], "-B: 'NTLMToBasic' is not implemented yet and is ignored"),
         (["-F", "0x1"], "-F: 'Flags' is not implemented yet and is ignored"),
         (["-G", "Wget/"], "-G: 'ISAScannerAgent' is not implemented yet and is ignored"),
         (["-S", "100"], "-S: 'ISAScannerSize' is not implemented yet and is ignored"),
@@ -787,3 +786,11 @@ def test_valid_lines_round_trip(
     assert cfg.pool_max_idle == max_idle
     assert cfg.pass_nt == pass_nt.upper()
     assert cfg.warnings == ("both Password and PassNT are given; the plaintext password is used",)
+
+
+def test_ntlm_to_basic_status_listen_and_standalone_keywords() -> None:
+    cfg = parse("NTLMToBasic yes\nStatusListen 127.0.0.1:9100\nStandalone on\n")
+    assert cfg.ntlm_to_basic and cfg.standalone
+    assert cfg.status_listen == (ListenAddr("127.0.0.1", 9100),)
+    assert cfg.warnings == ()
+    assert config.load(["-B", "-c", "/dev/null"]).ntlm_to_basic
