@@ -121,9 +121,10 @@ def _credentials(cfg: config.Config) -> creds.Credentials | None:
 
 
 def _print_hashes(cfg: config.Config) -> int:
-    password = cfg.password if cfg.password is not None else _prompt("Password: ")
+    """Like cntlm -H: always asks for the password (never takes one from a config file)."""
     if not cfg.username:
         raise ConfigError("-H needs a user name (-u USER or Username in the config)")
+    password = _prompt("Password: ")
     sys.stdout.write(creds.hash_lines(cfg.username, cfg.domain, password))
     sys.stdout.flush()
     return 0
@@ -134,6 +135,7 @@ def _prompt(text: str) -> str:
         sys.stdout.write(text)
         sys.stdout.flush()
         line = sys.stdin.readline()
+        sys.stdout.write("\n")  # end the prompt's line, as a terminal would after Enter
         if not line:
             raise ConfigError("no password given on standard input")
         return line.rstrip("\r\n")

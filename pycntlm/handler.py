@@ -68,8 +68,8 @@ async def serve_client(ctx: Context, client: Conn) -> None:
             log.warning("client %s denied by the Allow/Deny rules", ip)
             _answer(client, 403, "Forbidden", "pycntlm: your address is not allowed", False)
             return
-        while await _one_request(ctx, client):
-            pass
+        while await _one_request(ctx, client) and not client.stop_after_response:
+            client.idle = True
     except (ConnectionClosed, ConnectionError, TimeoutError):
         pass
     except Exception:  # the server must survive any bug in one connection
@@ -88,6 +88,7 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
         _answer(client, exc.status, _reason(exc.status), f"pycntlm: {exc.message}", False)
         _log_access(client, "-", "-", Outcome(exc.status, keep=False), 0.0)
         return False
+    client.idle = False
     if raw is None:
         return False
     started = time.monotonic()
@@ -140,6 +141,15 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
             ex = await via_direct(ctx, client, req, target, body)
         else:
             ex = await via_parent(ctx, client, req, absolute_uri(target), body)
+    except AllParentsDown as exc:
+        if not (ctx.config.standalone and body.replayable):
+            return _upstream_failure(ctx, client, exc, route, keep and not _unread_body(body))
+        log.warning("every parent is down: serving %s directly (Standalone)", target.host)
+        route = "standalone"
+        try:
+            ex = await via_direct(ctx, client, req, target, body)
+        except UpstreamError as exc2:
+            return _upstream_failure(ctx, client, exc2, route, keep and not _unread_body(body))
     except UpstreamError as exc:
         return _upstream_failure(ctx, client, exc, route, keep and not _unread_body(body))
     return await _deliver(ctx, client, req, ex, route, keep)
@@ -221,6 +231,11 @@ async def _tunnel(
     else:
         try:
             ex = await via_parent(ctx, client, req, req.target, BodySource(False, None, None))
+        except AllParentsDown as exc:
+            if not ctx.config.standalone:
+                return _upstream_failure(ctx, client, exc, route, True)
+            log.warning("every parent is down: tunnel to %s directly (Standalone)", target.host)
+            return await _tunnel(ctx, client, req, target, True)
         except UpstreamError as exc:
             return _upstream_failure(ctx, client, exc, route, True)
         parent = str(ex.up.parent)

@@ -48,6 +48,10 @@ class Conn(asyncio.Protocol):
         self._eof_sent = False
         self.relayed = 0  # bytes this side received and handed to its peer in relay mode
         self.on_made: asyncio.Future[None] | None = None
+        # Client side: True while waiting for the next request on a kept-alive connection
+        # (shutdown closes those at once); `stop_after_response` ends the keep-alive loop.
+        self.idle = False
+        self.stop_after_response = False
         self.peername: tuple[str, int] = ("?", 0)
 
     # -- asyncio.Protocol callbacks -------------------------------------------------------

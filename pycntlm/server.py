@@ -210,6 +210,8 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
+        self._status: list[Any] = []
+        self._clients: set[Conn] = set()  # client connections of the HTTP proxy listeners
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -226,13 +228,28 @@ class Server:
             log.info("listening on %s:%d", host, port)
         from pycntlm import frontends  # Tunnel (-L) and SOCKS5 (-O) listeners
 
-        for srv in await frontends.start_frontends(self.ctx, self.spawn):
+        for srv in await frontends.start_frontends(self.ctx, self._spawn_other):
             self._servers.append(srv)
+        await self._start_status()
         for addr in pending_listeners(self.ctx.config):
             log.warning("interface %s is not up yet: will listen on it once it is", addr.host)
             self._watchers.add(loop.create_task(self._listen_when_up(addr)))
         if self.ctx.config.listen_defaulted:
             log.warning("no Listen in the configuration: listening on 127.0.0.1:3128")
+
+    async def _start_status(self) -> None:
+        from pycntlm import metrics
+
+        for addr in self.ctx.config.status_listen:
+            host = addr.host or "127.0.0.1"
+            try:
+                runner = await metrics.start(lambda: self.ctx, host, addr.port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {addr} (StatusListen): {exc.strerror or exc}"
+                ) from None
+            self._status.append(runner)
+            log.info("status endpoint on http://%s:%d/metrics", host, addr.port)
 
     async def _listen_when_up(self, addr: ListenAddr, interval: float = 2.0) -> None:
         """Wait (bounded only by shutdown) for an interface to get its IPv4 address, then serve."""
@@ -258,6 +275,7 @@ class Server:
 
     def _make_protocol(self) -> Conn:
         conn = Conn()
+        self._clients.add(conn)
         loop = asyncio.get_running_loop()
         conn.on_made = loop.create_future()
         conn.on_made.add_done_callback(lambda _f: self._spawn(conn))
@@ -267,13 +285,19 @@ class Server:
         if self._stopping.is_set():
             conn.close()
             return
-        self.spawn(handler.serve_client(self.ctx, conn))
+        task = self.spawn(handler.serve_client(self.ctx, conn))
+        task.add_done_callback(lambda _t: self._clients.discard(conn))
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn_other(self, coro: Coroutine[Any, Any, None]) -> None:
+        """For the front ends (Tunnel, SOCKS5): a tracked task, like client connections."""
+        self.spawn(coro)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run one connection's coroutine as a tracked task (waited for at shutdown)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def reload(self) -> None:
         if self._reload is None:
@@ -321,9 +345,13 @@ class Server:
             watcher.cancel()
         for srv in self._servers:
             srv.close()
-        for srv in self._servers:
-            with contextlib.suppress(Exception):
-                await srv.wait_closed() if not self._tasks else None
+        # Keep-alive clients waiting for their next request are closed now; the others finish
+        # the request in flight (or their tunnel) and are closed after it.
+        for conn in list(self._clients):
+            conn.stop_after_response = True
+            if conn.idle and not conn.buffered:
+                conn.close()
+        await asyncio.sleep(0)
         if self._tasks:
             log.info("waiting up to %.0f s for %d open connections", grace, len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -331,6 +359,8 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
+        for runner in self._status:
+            await runner.cleanup()
         self.ctx.pool.clear()
 
 
@@ -350,8 +380,8 @@ async def run(
     limit = raise_nofile_limit()
     log.debug("open files limit: %d", limit)
     server = Server(ctx, reload)
+    install_signals(server)  # before start: the pre-bound sockets already accept connections
     await server.start(sockets)
-    install_signals(server)
     await server.serve_until_stopped()
 
 

@@ -226,3 +226,37 @@ async def test_unreachable_target_answer_from_parent_passes_through(
         rep = await get(proxy.port, f"http://127.0.0.1:{dead_port()}/")
     assert rep.status == 502
     assert b"pycntlm" not in rep.body  # the parent's own answer, passed through
+
+
+async def test_standalone_serves_directly_while_every_parent_is_down(
+    tmp_path: Path, origin: Origin, tls_origin: Origin, server_tls: TlsMaterial
+) -> None:
+    text = conf(f"127.0.0.1:{dead_port()}", extra="Standalone yes")
+    async with running_proxy(text, tmp_path) as proxy:
+        rep = await get(proxy.port, origin.url("/"))
+        assert rep.status == 200
+        body = await tls_get_through_tunnel(proxy.port, tls_origin, server_tls, "/")
+        assert b"hello" in body
+        assert proxy.ctx.stats.by_route.get("standalone") == 1
+
+
+async def test_status_endpoint_has_counters_and_no_secrets(
+    tmp_path: Path, parent: NtlmParent, origin: Origin
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        status_port = s.getsockname()[1]
+    text = conf(parent.address, extra=f"StatusListen 127.0.0.1:{status_port}")
+    async with running_proxy(text, tmp_path) as proxy:
+        for _ in range(3):
+            assert (await get(proxy.port, origin.url("/"))).status == 200
+        r, w = await asyncio.open_connection("127.0.0.1", status_port)
+        w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        page = (await asyncio.wait_for(r.read(), 5)).decode()
+        w.close()
+    assert 'pycntlm_responses_total{status="200"} 3' in page
+    assert f'pycntlm_parent_up{{parent="{parent.address}"}} 1' in page
+    assert "pycntlm_pool_idle_connections" in page
+    assert "pycntlm_auth_locked_out 0" in page
+    for secret in ("password", "testuser", "corp-uk"):
+        assert secret not in page
