@@ -44,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
             from pycntlm.demo import run_demo
 
             return run_demo(args[1:])
+        if args and args[0] == "setup":
+            from pycntlm.gitlab import setup_main
+
+            return setup_main(args[1:])
+        if args and args[0] == "doctor":
+            from pycntlm.gitlab import doctor_main
+
+            return doctor_main(args[1:])
         return _main(args)
     except ConfigError as exc:
         print(f"pycntlm: {exc}", file=sys.stderr)
@@ -70,7 +78,9 @@ def _main(args: list[str]) -> int:
         return _print_hashes(cfg)
     if cfg.prompt_password:
         cfg = dataclasses.replace(cfg, password=_prompt("Password: "))
-        redactor.add(cfg.password)
+    elif cfg.password is None:
+        cfg = dataclasses.replace(cfg, password=password_from_file(cfg))
+    redactor.add(cfg.password)
     for warning in cfg.warnings:
         log.warning("%s", warning)
     _warn_readable_password(cfg)
@@ -88,6 +98,8 @@ def _main(args: list[str]) -> int:
         daemonize(cfg.pidfile)
     elif cfg.pidfile:
         write_pidfile(cfg.pidfile)
+    if cfg.uid is not None:
+        drop_privileges(cfg.uid)
     log.info("pycntlm %s starting; %s", __version__, server.describe(cfg))
     ctx = context.build(cfg, credentials)
 
@@ -118,6 +130,43 @@ def _credentials(cfg: config.Config) -> creds.Credentials | None:
     if not cfg.proxies or (cfg.ntlm_to_basic and not cfg.username):
         return None
     return creds.from_config(cfg, socket.gethostname())
+
+
+def password_from_file(cfg: config.Config) -> str | None:
+    """PasswordFile, else systemd's credential `password` ($CREDENTIALS_DIRECTORY, set by
+    LoadCredential=password:/etc/pycntlm/password), else None. Only the first line counts."""
+    path = cfg.password_file
+    creds_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and creds_dir and os.path.isfile(os.path.join(creds_dir, "password")):
+        path = os.path.join(creds_dir, "password")
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().rstrip("\r\n")
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ConfigError(f"PasswordFile {path}: cannot read: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by group/others: chmod 600 it", path)
+    return first
+
+
+def drop_privileges(user: str) -> None:
+    """-U: become `user` (name or uid) after binding, dropping supplementary groups too."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise ConfigError(f"-U {user}: no such user") from None
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except PermissionError:
+        raise ConfigError(f"-U {user}: only root can change user") from None
+    log.info("running as %s (uid %d, gid %d)", entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
 def _print_hashes(cfg: config.Config) -> int:

@@ -12,6 +12,7 @@ a secret in an error, a warning or repr(Config).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,6 @@ from pycntlm.cliflags import (
     noproxy_value,
     number_value,
     parse_argv,
-    raw_item,
     read_source,
     shown,
     shown_keyword,
@@ -65,6 +65,15 @@ class ListenAddr:
         if self.host is None:
             return str(self.port)
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    """One Tunnel / -L: listen on `listen`, forward every connection to host:port."""
+
+    listen: ListenAddr
+    host: str  # name or IP literal (IPv6 without brackets)
+    port: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,8 @@ class Config:
     ntlm_to_basic: bool = False  # NTLMToBasic / -B: clients' Basic credentials, NTLM upstream
     status_listen: tuple[ListenAddr, ...] = ()  # StatusListen: the /metrics endpoint (off)
     standalone: bool = False  # Standalone: serve directly while every parent is down
+    password_file: str | None = None  # PasswordFile: the password's first line (0600 file)
+    sighup_reload: bool = True  # SighupReload no: SIGHUP stops, as under cntlm's old init script
     # ConnectPorts: ports CONNECT may reach (direct and through a parent); () = the default.
     connect_ports: tuple[tuple[int, int], ...] = ()
 
@@ -130,10 +141,12 @@ class Config:
     show_help: bool = False  # -h / --help: print usage() and exit
     show_version: bool = False  # -V / --version
 
-    # Parsed and kept, but not implemented yet (a warning says so): raw text as written.
-    tunnels: tuple[str, ...] = ()  # Tunnel / -L
-    socks5_proxies: tuple[str, ...] = ()  # SOCKS5Proxy / -O
+    # Front ends (frontends.py), as written and validated; tunnel_spec(), socks5_listen() and
+    # socks5_account() give the typed values.
+    tunnels: tuple[str, ...] = ()  # Tunnel / -L [saddr:]lport:rhost:rport
+    socks5_proxies: tuple[str, ...] = ()  # SOCKS5Proxy / -O [saddr:]port
     socks5_users: tuple[str, ...] = field(default=(), repr=False)  # SOCKS5User(s) / -R: secrets
+    socks5_open: bool = False  # SOCKS5Open: allow a non-loopback SOCKS5Proxy without accounts
 
     # Where it came from, and what the parser had to say.
     source_path: str | None = None
@@ -155,6 +168,74 @@ def _listen(value: str, warn: Warn) -> tuple[ListenAddr, ...]:
     if parsed is None:
         raise BadValue(f"Listen needs [addr:]port, [v6]:port or iface:port, got {shown(value)}")
     return (ListenAddr(parsed[0], parsed[1]),)
+
+
+def socks5_listen(value: str) -> ListenAddr:
+    """SOCKS5Proxy [addr:]port, [v6]:port or iface:port. Raises BadValue."""
+    parsed = host_port(value)
+    if parsed is None:
+        raise BadValue(f"SOCKS5Proxy needs [addr:]port or [v6]:port, got {shown(value)}")
+    return ListenAddr(parsed[0], parsed[1])
+
+
+def tunnel_spec(value: str) -> TunnelSpec:
+    """Tunnel [saddr:]lport:rhost:rport (saddr and rhost may be [v6]). Raises BadValue."""
+    head, _, rport = value.rpartition(":")
+    if head.endswith("]") and "[" in head:
+        at = head.rindex("[")
+        local, colon, rhost = head[: max(at - 1, 0)], head[at - 1 : at], head[at:]
+    else:
+        local, colon, rhost = head.rpartition(":")
+    listen, remote = host_port(local), host_port(f"{rhost}:{rport}")
+    if not colon or listen is None or remote is None or remote[0] is None:
+        raise BadValue(
+            f"Tunnel needs [saddr:]lport:rhost:rport (IPv6 in brackets), got {shown(value)}"
+        )
+    return TunnelSpec(ListenAddr(*listen), remote[0], remote[1])
+
+
+def socks5_account(value: str) -> tuple[str, str]:
+    """SOCKS5User user:password; RFC 1929 allows 1-255 bytes of user, up to 255 of password."""
+    user, colon, password = value.partition(":")
+    if not colon or not 0 < len(user.encode()) <= 255 or len(password.encode()) > 255:
+        # never echo the value: it holds a password
+        raise BadValue("SOCKS5User needs user:password (user 1-255 bytes, password up to 255)")
+    return user, password
+
+
+def _kept(check: Callable[[str], object]) -> Parser:
+    """A multi-valued keyword kept as written, once `check` has accepted it."""
+
+    def parse(value: str, warn: Warn) -> tuple[str, ...]:
+        check(value)
+        return (value,)
+
+    return parse
+
+
+def _loopback_only(host: str | None, gateway: bool) -> bool:
+    if host is None or host == "localhost":
+        return host is not None or not gateway
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_socks5(values: dict[str, Any]) -> None:
+    """A SOCKS5 listener other hosts can reach, without accounts, relays anyone's traffic on
+    the user's account: refuse it unless SOCKS5Open says so. Interface and host names count as
+    reachable; only loopback literals, localhost and a port alone without Gateway do not."""
+    if values.get("socks5_users") or values.get("socks5_open"):
+        return
+    for text in values.get("socks5_proxies", ()):
+        if not _loopback_only(socks5_listen(text).host, bool(values.get("gateway"))):
+            raise ConfigError(
+                f"SOCKS5Proxy {text} is reachable from other hosts and has no SOCKS5User: anyone "
+                "there could use your proxy account. Add SOCKS5User user:password, listen on "
+                "127.0.0.1, or set SOCKS5Open yes if this is really meant",
+                values.get("source_path"),
+            )
 
 
 def _acl(allow: bool) -> Parser:
@@ -242,14 +323,17 @@ _KEY_LIST = (
     _number("AuthBackoff", "auth_backoff", float, 0, True),
     _number("PoolMaxIdle", "pool_max_idle", int, 0, True),
     _number("PoolIdleTimeout", "pool_idle_ttl", float, 0, False),
-    # cntlm keywords we read but do not implement yet: each use is warned about.
-    _Key("Tunnel", "tunnels", raw_item, multi=True, implemented=False),
-    _Key("SOCKS5Proxy", "socks5_proxies", raw_item, multi=True, implemented=False),
-    _Key("SOCKS5User", "socks5_users", raw_item, multi=True, implemented=False),
-    _Key("SOCKS5Users", "socks5_users", raw_item, multi=True, implemented=False),
+    _Key("Tunnel", "tunnels", _kept(tunnel_spec), multi=True),
+    _Key("SOCKS5Proxy", "socks5_proxies", _kept(socks5_listen), multi=True),
+    _Key("SOCKS5User", "socks5_users", _kept(socks5_account), multi=True),
+    _Key("SOCKS5Users", "socks5_users", _kept(socks5_account), multi=True),
+    _Key("SOCKS5Open", "socks5_open", bool_value("SOCKS5Open")),
     _Key("NTLMToBasic", "ntlm_to_basic", bool_value("NTLMToBasic")),
     _Key("StatusListen", "status_listen", _listen),
     _Key("Standalone", "standalone", bool_value("Standalone")),
+    _Key("PasswordFile", "password_file"),
+    _Key("SighupReload", "sighup_reload", bool_value("SighupReload")),
+    # cntlm keywords we read but do not implement yet: each use is warned about.
     _Key("ISAScannerAgent", None, implemented=False),
     _Key("ISAScannerSize", None, implemented=False),
     _Key("Flags", None, implemented=False),
@@ -353,6 +437,7 @@ def _finish(values: dict[str, Any], warnings: list[str]) -> Config:
     if values.get("password") is not None and hashes and not values.get("prompt_password"):
         given = "/".join(hashes)
         warnings.append(f"both Password and {given} are given; the plaintext password is used")
+    _check_socks5(values)
     return Config(**values, warnings=tuple(warnings))
 
 

@@ -311,6 +311,52 @@ class Server:
         self.ctx = new
         old.pool.clear()
         log.info("configuration reloaded; credentials re-armed")
+        if (
+            set(old.config.listen) != set(new.config.listen)
+            or old.config.gateway != new.config.gateway
+        ):
+            task = asyncio.get_running_loop().create_task(self._relisten(old.config, new.config))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+
+    async def _relisten(self, old: Config, new: Config) -> None:
+        """Apply changed Listen lines: stop listening where a line went away (open connections
+        and tunnels stay), start where a line was added."""
+        for addr in set(old.listen) - set(new.listen):
+            for srv in self._servers_for(addr, old.gateway):
+                srv.close()
+                self._servers.remove(srv)
+                log.info("no longer listening on %s", addr)
+        loop = asyncio.get_running_loop()
+        for addr in [a for a in new.listen if a not in old.listen or old.gateway != new.gateway]:
+            try:
+                hosts = resolve_listen(addr, new.gateway)
+                socks = [s for h in hosts for s in _bind(h, addr.port)]
+            except InterfaceNotReady:
+                self._watchers.add(loop.create_task(self._listen_when_up(addr)))
+                continue
+            except ConfigError as exc:
+                log.error("reload: %s", exc)
+                continue
+            for sock in socks:
+                srv = await loop.create_server(self._make_protocol, sock=sock, backlog=BACKLOG)
+                self._servers.append(srv)
+                log.info("listening on %s:%d", *sock.getsockname()[:2])
+
+    def _servers_for(self, addr: ListenAddr, gateway: bool) -> list[asyncio.Server]:
+        try:
+            hosts = set(resolve_listen(addr, gateway))
+        except InterfaceNotReady:
+            return []
+        wildcard = {"0.0.0.0", "::"}
+        found = []
+        for srv in self._servers:
+            for sock in srv.sockets:
+                host, port = sock.getsockname()[:2]
+                if port == addr.port and (host in hosts or (None in hosts and host in wildcard)):
+                    found.append(srv)
+                    break
+        return found
 
     def stop(self) -> None:
         self._stopping.set()
@@ -365,10 +411,13 @@ class Server:
 
 
 def install_signals(server: Server) -> None:
+    """SIGTERM/SIGINT stop; SIGHUP reloads (systemd's meaning), or stops with SighupReload no
+    (the meaning cntlm's old SysV init script relies on)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    hup = server.reload if server.ctx.config.sighup_reload else server.stop
+    loop.add_signal_handler(signal.SIGHUP, hup)
 
 
 async def run(
