@@ -26,11 +26,15 @@ from pycntlm.errors import ConfigError, PycntlmError
 log = logging.getLogger("pycntlm")
 
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None  # type: ignore[assignment]
+
+
 def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine on uvloop when it is installed (faster I/O), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
+    if uvloop is None:
         asyncio.run(main())
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -99,6 +103,7 @@ def _main(args: list[str]) -> int:
     elif cfg.pidfile:
         write_pidfile(cfg.pidfile)
     if cfg.uid is not None:
+        server.preload(cfg)
         drop_privileges(cfg.uid)
     log.info("pycntlm %s starting; %s", __version__, server.describe(cfg))
     ctx = context.build(cfg, credentials)

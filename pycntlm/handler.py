@@ -20,7 +20,7 @@ from pycntlm.context import Context
 from pycntlm.errors import AuthRejected, ProtocolError, UpstreamError
 from pycntlm.forward import client_head, relay_body
 from pycntlm.http1 import Framing, Request
-from pycntlm.net import Conn, ConnectionClosed, relay
+from pycntlm.net import Conn, ConnectionClosed, open_conn, relay
 from pycntlm.session import (
     AllParentsDown,
     BodySource,
@@ -218,8 +218,6 @@ def _unread_body(body: BodySource) -> bool:
 async def _tunnel(
     ctx: Context, client: Conn, req: Request, target: http1.Target, direct: bool
 ) -> Outcome:
-    from pycntlm.net import open_conn
-
     route = "direct" if direct else "parent"
     if direct:
         try:

@@ -226,7 +226,7 @@ class Server:
             self.addresses.append((str(name[0]), int(name[1])))
         for host, port in self.addresses:
             log.info("listening on %s:%d", host, port)
-        from pycntlm import frontends  # Tunnel (-L) and SOCKS5 (-O) listeners
+        from pycntlm import frontends  # (imports server: no cycle at module level)
 
         for srv in await frontends.start_frontends(self.ctx, self._spawn_other):
             self._servers.append(srv)
@@ -238,7 +238,9 @@ class Server:
             log.warning("no Listen in the configuration: listening on 127.0.0.1:3128")
 
     async def _start_status(self) -> None:
-        from pycntlm import metrics
+        if not self.ctx.config.status_listen:
+            return
+        from pycntlm import metrics  # aiohttp is loaded only when the endpoint is wanted
 
         for addr in self.ctx.config.status_listen:
             host = addr.host or "127.0.0.1"
@@ -408,6 +410,17 @@ class Server:
         for runner in self._status:
             await runner.cleanup()
         self.ctx.pool.clear()
+
+
+def preload(config: Config) -> None:
+    """Import what this configuration will need later, while the files are still readable
+    (before -U drops privileges)."""
+    import encodings.idna  # noqa: F401  (host names are IDNA-encoded when resolved)
+
+    from pycntlm import frontends  # noqa: F401
+
+    if config.status_listen:
+        from pycntlm import metrics  # noqa: F401
 
 
 def install_signals(server: Server) -> None:
