@@ -41,6 +41,10 @@ def upstream_head(
     leg); `method` overrides the method (HEAD for the first leg of a request with a body)."""
     extra_drop = BODY_HEADERS if drop_body else ()
     headers = with_headers(http1.forward_headers(req.headers, drop=extra_drop), substitutions)
+    upgrade = http1.header_values(req.headers, "upgrade")
+    if upgrade and "upgrade" in http1.connection_tokens(req.headers):
+        # A protocol switch (WebSocket over plain HTTP) must reach the server.
+        headers = (*headers, ("Connection", "Upgrade"), ("Upgrade", ", ".join(upgrade)))
     if auth is not None:
         headers = (*headers, ("Proxy-Authorization", auth))
     if drop_body and (method or req.method).upper() not in ("GET", "HEAD", "CONNECT"):
@@ -53,6 +57,9 @@ def upstream_head(
 def client_head(resp: Response, keep_alive: bool) -> bytes:
     """The response head for the client: hop-by-hop fields and any Proxy-Authenticate removed,
     our own connection management added."""
+    if resp.status == 101:  # the switch's own Connection/Upgrade fields must reach the client
+        kept = tuple(h for h in resp.headers if h[0].lower() != "proxy-authenticate")
+        return http1.serialize_response(Response("HTTP/1.1", 101, resp.reason, kept))
     headers = http1.forward_headers(resp.headers, drop=("proxy-authenticate",))
     token = "keep-alive" if keep_alive else "close"
     if resp.status >= 200 or resp.status == 101:

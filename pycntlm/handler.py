@@ -260,6 +260,10 @@ async def _deliver(
     if body.framing is Framing.UNTIL_CLOSE:
         keep = False
     parent = str(ex.up.parent) if ex.up.parent is not None else "-"
+    if resp.status == 101:  # protocol switch (e.g. WebSocket over plain HTTP): relay bytes
+        client.write(client_head(resp, True))
+        _, to_client = await relay(client, ex.up.conn, ctx.config.idle_timeout)
+        return Outcome(101, route, parent, to_client, keep=False)
     client.write(client_head(resp, keep))
     sent = 0
     try:

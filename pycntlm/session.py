@@ -103,6 +103,8 @@ async def send_and_read(
     pump: asyncio.Task[int] | None = None
     if body.has_body:
         pump = asyncio.ensure_future(body.send(up.conn, ctx.config.idle_timeout))
+        # If the upload fails (the client went away), stop waiting for the answer to it.
+        pump.add_done_callback(lambda t: _abort_on_failure(t, up.conn))
     else:
         await up.conn.drain(timeout)
     try:
@@ -120,6 +122,11 @@ async def send_and_read(
         if pump is not None and not pump.done():
             pump.cancel()
         raise
+
+
+def _abort_on_failure(task: asyncio.Task[int], conn: Conn) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        conn.abort()
 
 
 async def via_direct(

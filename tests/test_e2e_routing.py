@@ -260,3 +260,33 @@ async def test_status_endpoint_has_counters_and_no_secrets(
     assert "pycntlm_auth_locked_out 0" in page
     for secret in ("password", "testuser", "corp-uk"):
         assert secret not in page
+
+
+async def test_protocol_switch_101_relays_both_ways(tmp_path: Path, parent: NtlmParent) -> None:
+    seen: list[bytes] = []
+
+    async def switching_origin(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        while data := await r.read(65536):
+            w.write(data.upper())
+        w.close()
+
+    srv = await asyncio.start_server(switching_origin, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    text = conf(parent.address, extra="NoProxy 127.0.0.1")
+    async with running_proxy(text, tmp_path) as proxy:
+        client = await RawClient.connect(proxy.port)
+        await client.send(
+            f"GET http://127.0.0.1:{port}/chat HTTP/1.1\r\nHost: x\r\n"
+            "Connection: Upgrade\r\nUpgrade: echo\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"Upgrade: echo" in head
+        await client.send(b"ping")
+        assert await asyncio.wait_for(client.reader.readexactly(4), 5) == b"PING"
+        await client.close()
+    srv.close()
+    assert b"Upgrade: echo" in seen[0]
