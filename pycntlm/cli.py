@@ -94,29 +94,30 @@ def _main(args: list[str]) -> int:
             if h is not None:
                 redactor.add(h.hex(), bytes(b ^ 0xFF for b in h).hex())
     cfg = dataclasses.replace(cfg, password=None)  # hashed; the plaintext is not kept
+    ctx = context.build(cfg, credentials)
     if cfg.check_only:
         print(f"pycntlm: configuration OK ({server.describe(cfg)})")
         return 0
     sockets = server.bind_listeners(cfg)
-    if not cfg.foreground:
-        daemonize(cfg.pidfile)
-    elif cfg.pidfile:
-        write_pidfile(cfg.pidfile)
-    if cfg.uid is not None:
-        server.preload(cfg)
-        drop_privileges(cfg.uid)
-    log.info("pycntlm %s starting; %s", __version__, server.describe(cfg))
-    ctx = context.build(cfg, credentials)
-
-    def reload() -> context.Context:
-        return _reload(args, redactor)
-
     try:
+        if not cfg.foreground:
+            daemonize(cfg.pidfile)
+        elif cfg.pidfile:
+            write_pidfile(cfg.pidfile)
+        if cfg.uid is not None:
+            server.preload(cfg)
+            drop_privileges(cfg.uid)
+        log.info("pycntlm %s starting; %s", __version__, server.describe(cfg))
+
+        def reload() -> context.Context:
+            return _reload(args, redactor)
+
         run_loop(lambda: server.run(ctx, reload, sockets))
     finally:
         if cfg.pidfile:
             with contextlib.suppress(OSError):
-                os.unlink(cfg.pidfile)
+                if os.path.exists(cfg.pidfile) and _our_pidfile(cfg.pidfile):
+                    os.unlink(cfg.pidfile)
     return 0
 
 
@@ -232,6 +233,14 @@ def _warn_readable_password(cfg: config.Config) -> None:
                 "chmod 600 it, or use PassNTLMv2 hashes (pycntlm -H)",
                 cfg.source_path,
             )
+
+
+def _our_pidfile(path: str) -> bool:
+    """Remove only a pid file that holds our PID (never a symlink or someone else's)."""
+    if os.path.islink(path):
+        return False
+    with open(path) as f:
+        return f.read().strip() == str(os.getpid())
 
 
 def write_pidfile(path: str) -> None:

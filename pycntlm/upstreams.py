@@ -40,9 +40,8 @@ class Upstreams:
         clock: Callable[[], float],
         failback_interval: float = 60.0,
     ) -> None:
+        # No parents at all is valid: pycntlm then serves every request directly.
         self._parents: tuple[HostPort, ...] = tuple(dict.fromkeys(parents))
-        if not self._parents:
-            raise ValueError("at least one parent proxy is needed")
         if failback_interval < 0:
             raise ValueError("failback_interval must not be negative")
         self._rank = {parent: rank for rank, parent in enumerate(self._parents)}
@@ -61,8 +60,9 @@ class Upstreams:
         return self._parents
 
     @property
-    def current(self) -> HostPort:
-        return self._parents[self._current]
+    def current(self) -> HostPort | None:
+        """The parent new connections go to; None when there are no parents."""
+        return self._parents[self._current] if self._parents else None
 
     def _index(self, parent: HostPort) -> int:
         try:
@@ -116,7 +116,7 @@ class Upstreams:
         if index < self._current:
             self.failbacks += 1
             self._current = index
-        elif index != self._current and self._is_down(self.current):
+        elif index != self._current and self._is_down(self._parents[self._current]):
             self.failovers += 1
             self._current = index
 

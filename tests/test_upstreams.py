@@ -217,9 +217,14 @@ def test_health_reports_seconds_since_failure(clock: FakeClock) -> None:
     assert u.health() == [(A, True, None), (B, False, 12.5)]
 
 
+def test_no_parents_means_direct_only(clock: FakeClock) -> None:
+    u = make(clock)
+    assert u.candidates() == []
+    assert u.current is None
+    assert u.health() == []
+
+
 def test_invalid_arguments(clock: FakeClock) -> None:
-    with pytest.raises(ValueError, match="at least one parent"):
-        make(clock)
     with pytest.raises(ValueError, match="negative"):
         make(clock, A, interval=-1)
     u = make(clock, A)
