@@ -21,7 +21,7 @@ MAX_CHUNK_SIZE_DIGITS = 16  # hex digits in a chunk-size (leading zeros count): 
 
 _HEXDIG = b"0123456789abcdefABCDEF"
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# Octets never allowed in a chunk line or trailer line (CTLs except HTAB; CR/LF handled apart).
+# Octets never allowed inside a chunk line or trailer line (CTLs except HTAB, so CR and LF too).
 _BAD_OCTETS = bytes(c for c in range(32) if c != 9) + b"\x7f"
 
 
@@ -98,10 +98,8 @@ def _check_trailer_field(line: bytes) -> None:
         raise _error("invalid trailer field")
 
 
-def _find_lf(data: bytes | bytearray | memoryview, start: int, stop: int) -> int:
-    """Index of the first LF in data[start:stop], or -1; copies at most a small probe."""
-    if not isinstance(data, memoryview):
-        return data.find(b"\n", start, stop)
+def _find_lf(data: memoryview, start: int, stop: int) -> int:
+    """Index of the first LF in data[start:stop], or -1, copying little in the usual case."""
     probe = min(stop, start + 256)  # chunk-size lines are short: try a small copy first
     nl = bytes(data[start:probe]).find(b"\n")
     if nl < 0 and probe < stop:
@@ -138,66 +136,67 @@ class ChunkedScanner:
         while pos < end and self._state is not _State.DONE:
             state = self._state
             if state is _State.DATA:
-                step = min(self._remaining, end - pos)
-                self._remaining -= step
-                pos += step
-                if not self._remaining:
-                    self._state = _State.DATA_CR
-            elif state is _State.DATA_CR or state is _State.DATA_LF:
-                pos = self._crlf(data, pos)
+                if self._remaining > end - pos:  # O(1): chunk data is never looked at
+                    self._remaining -= end - pos
+                    return end
+                pos += self._remaining
+                self._remaining = 0
+                self._state = _State.DATA_CR
+            elif state is _State.DATA_CR:
+                if data[pos : pos + 2] == b"\r\n":  # the usual case: both bytes at hand
+                    self._state = _State.SIZE
+                    pos += 2
+                    continue
+                if data[pos] != 13:
+                    raise _error("chunk data not followed by CRLF")
+                self._state = _State.DATA_LF
+                pos += 1
+            elif state is _State.DATA_LF:
+                if data[pos] != 10:
+                    raise _error("chunk data not followed by CRLF")
+                self._state = _State.SIZE
+                pos += 1
             else:
                 pos = self._read_line(data, pos)
         return pos
 
-    def _crlf(self, data: bytes | bytearray | memoryview, pos: int) -> int:
-        if self._state is _State.DATA_CR:
-            if data[pos] != 13:
-                raise _error("chunk data not followed by CRLF")
-            self._state = _State.DATA_LF
-        else:
-            if data[pos] != 10:
-                raise _error("chunk data not followed by CRLF")
-            self._state = _State.SIZE
-        return pos + 1
-
     def _read_line(self, data: bytes | bytearray | memoryview, pos: int) -> int:
         """Consume up to one line end; process the line once complete. Returns the new pos."""
         room = MAX_CHUNK_LINE_SIZE - len(self._line)
-        nl = _find_lf(data, pos, min(pos + room, len(data)))
+        stop = pos + room if pos + room < len(data) else len(data)
+        if isinstance(data, memoryview):
+            nl = _find_lf(data, pos, stop)
+        else:
+            nl = data.find(b"\n", pos, stop)
+        in_trailer = self._state is _State.TRAILER
+        if in_trailer:
+            self._count_trailer((stop if nl < 0 else nl + 1) - pos)
         if nl < 0:
-            taken = min(room, len(data) - pos)
-            if taken >= room:
+            if stop - pos >= room:
                 raise _error("line too long")
-            self._line += data[pos : pos + taken]
-            self._count_trailer(taken)
-            return pos + taken
-        self._line += data[pos : nl + 1]
-        self._count_trailer(nl + 1 - pos)
-        line = bytes(self._line)
-        self._line.clear()
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            raise _error("line not ended by CRLF")
-        line = line[:-2]
-        if line.translate(None, _BAD_OCTETS) != line:
-            raise _error("control character in line")
-        self._process_line(line)
+            self._line += data[pos:stop]
+            return stop
+        if self._line:
+            self._line += data[pos : nl + 1]
+            line = bytes(self._line)
+            self._line.clear()
+        else:
+            line = bytes(data[pos : nl + 1])
+        # The LF found is the line's last byte: the CR must come just before it, and no other
+        # CR or CTL (but HTAB) may come anywhere else.
+        body = line[:-2]
+        if line[-2:] != b"\r\n" or body.translate(None, _BAD_OCTETS) != body:
+            raise _error("bad line end or control character in line")
+        if not in_trailer:
+            self._remaining = _chunk_size(body)
+            self._state = _State.DATA if self._remaining else _State.TRAILER
+        elif body:
+            _check_trailer_field(body)
+        else:
+            self._state = _State.DONE
         return nl + 1
 
     def _count_trailer(self, n: int) -> None:
-        if self._state is _State.TRAILER:
-            self._trailer_size += n
-            if self._trailer_size > MAX_TRAILER_SIZE:
-                raise _error("trailer section too large")
-
-    def _process_line(self, line: bytes) -> None:
-        if self._state is _State.SIZE:
-            size = _chunk_size(line)
-            if size:
-                self._remaining = size
-                self._state = _State.DATA
-            else:
-                self._state = _State.TRAILER
-        elif line:
-            _check_trailer_field(line)
-        else:
-            self._state = _State.DONE
+        self._trailer_size += n
+        if self._trailer_size > MAX_TRAILER_SIZE:
+            raise _error("trailer section too large")
