@@ -88,6 +88,10 @@ def _main(args: list[str]) -> int:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     _warn_readable_password(cfg)
+    if cfg.magic_url is not None:
+        from pycntlm import magic
+
+        return magic.magic_main(cfg)
     credentials = _credentials(cfg)
     if credentials is not None:
         for h in (credentials.nt_hash, credentials.lm_hash, credentials.ntlmv2_hash):
@@ -98,7 +102,15 @@ def _main(args: list[str]) -> int:
     if cfg.check_only:
         print(f"pycntlm: configuration OK ({server.describe(cfg)})")
         return 0
+    from pycntlm import frontends
+
     sockets = server.bind_listeners(cfg)
+    try:
+        frontend_bound = frontends.bind_frontends(cfg)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     try:
         if not cfg.foreground:
             daemonize(cfg.pidfile)
@@ -112,7 +124,7 @@ def _main(args: list[str]) -> int:
         def reload() -> context.Context:
             return _reload(args, redactor)
 
-        run_loop(lambda: server.run(ctx, reload, sockets))
+        run_loop(lambda: server.run(ctx, reload, sockets, frontend_bound))
     finally:
         if cfg.pidfile:
             with contextlib.suppress(OSError):

@@ -108,8 +108,6 @@ def parse_argv(argv: list[str]) -> CliArgs:
             settings.extend(_user_settings(value))
         elif letter in _IGNORED:
             notes.append(f"{_IGNORED[letter]} is not implemented and is ignored")
-    if "magic_url" in fields:
-        notes.append("-M (magic NTLM dialect detection) is not implemented yet and is ignored")
     settings.extend(("Proxy", parent, "proxy argument") for parent in _parents(positional))
     return CliArgs(settings=tuple(settings), notes=tuple(notes), **fields)
 
@@ -179,9 +177,12 @@ Options mirror cntlm; command-line values override the config file.
   -t, --check-config   Check the configuration and exit.
   -h, --help           Show this help and exit.
   -V, --version        Show the version and exit.
+  -B                   NTLMToBasic: clients log in with Basic, NTLM upstream as them.
+  -L [saddr:]lport:rhost:rport   Tunnel: forward a local port through the parent.
+  -O [saddr:]port      SOCKS5 proxy listener.   -R user:pass   a SOCKS5 account.
+  -M <url>             Detect the strongest NTLM dialect that works and print its config.
   Accepted for cntlm compatibility, not implemented (a warning says so):
-  -B, -F <flags>, -G <pattern>, -L <tunnel>, -M <url>, -O <socks5>, -R <user:pass>,
-  -S <size>, -s, -T <file>
+  -F <flags>, -G <pattern>, -S <size>, -s, -T <file>
 """
 
 

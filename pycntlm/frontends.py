@@ -26,7 +26,7 @@ from pycntlm.config import Config, ListenAddr, socks5_account, socks5_listen, tu
 from pycntlm.context import Context
 from pycntlm.errors import AuthRejected, ConfigError, UpstreamError
 from pycntlm.net import Conn, ConnectionClosed, relay
-from pycntlm.server import InterfaceNotReady, _bind, resolve_listen
+from pycntlm.server import InterfaceNotReady, bind_socket, resolve_listen
 from pycntlm.session import AllParentsDown, TunnelRefused, open_tunnel
 
 log = logging.getLogger("pycntlm")
@@ -74,7 +74,7 @@ def bind_frontends(config: Config) -> list[tuple[Listener, socket.socket]]:
                 continue
             for host in hosts:
                 try:
-                    bound += [(lis, sock) for sock in _bind(host, lis.addr.port)]
+                    bound += [(lis, sock) for sock in bind_socket(host, lis.addr.port)]
                 except ConfigError as exc:
                     raise ConfigError(f"{lis.what}: {exc}") from None
     except BaseException:

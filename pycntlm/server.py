@@ -140,7 +140,7 @@ def bind_listeners(config: Config) -> list[socket.socket]:
             except InterfaceNotReady:
                 continue
             for host in hosts:
-                bound.extend(_bind(host, addr.port))
+                bound.extend(bind_socket(host, addr.port))
     except BaseException:
         for sock in bound:
             sock.close()
@@ -148,7 +148,8 @@ def bind_listeners(config: Config) -> list[socket.socket]:
     return bound
 
 
-def _bind(host: str | None, port: int) -> list[socket.socket]:
+def bind_socket(host: str | None, port: int) -> list[socket.socket]:
+    """Bind and listen on host:port (every address it resolves to). ConfigError on failure."""
     where = f"{host or '*'}:{port}"
     try:
         infos = socket.getaddrinfo(
@@ -214,8 +215,11 @@ class Server:
         self._clients: set[Conn] = set()  # client connections of the HTTP proxy listeners
         self.addresses: list[tuple[str, int]] = []
 
-    async def start(self, sockets: list[socket.socket] | None = None) -> None:
-        """Serve on pre-bound sockets (see bind_listeners), or bind the config's listeners."""
+    async def start(
+        self, sockets: list[socket.socket] | None = None, frontend_bound: list[Any] | None = None
+    ) -> None:
+        """Serve on pre-bound sockets (see bind_listeners and frontends.bind_frontends), or
+        bind the config's listeners now."""
         loop = asyncio.get_running_loop()
         if sockets is None:
             sockets = bind_listeners(self.ctx.config)
@@ -228,7 +232,9 @@ class Server:
             log.info("listening on %s:%d", host, port)
         from pycntlm import frontends  # (imports server: no cycle at module level)
 
-        for srv in await frontends.start_frontends(self.ctx, self._spawn_other):
+        for srv in await frontends.start_frontends(
+            self.ctx, self._spawn_other, lambda: self.ctx, frontend_bound
+        ):
             self._servers.append(srv)
         await self._start_status()
         for addr in pending_listeners(self.ctx.config):
@@ -263,7 +269,7 @@ class Server:
                 await asyncio.sleep(interval)
                 continue
             try:
-                socks = [s for h in hosts for s in _bind(h, addr.port)]
+                socks = [s for h in hosts for s in bind_socket(h, addr.port)]
             except ConfigError as exc:
                 log.error("%s", exc)
                 return
@@ -333,7 +339,7 @@ class Server:
         for addr in [a for a in new.listen if a not in old.listen or old.gateway != new.gateway]:
             try:
                 hosts = resolve_listen(addr, new.gateway)
-                socks = [s for h in hosts for s in _bind(h, addr.port)]
+                socks = [s for h in hosts for s in bind_socket(h, addr.port)]
             except InterfaceNotReady:
                 self._watchers.add(loop.create_task(self._listen_when_up(addr)))
                 continue
@@ -437,13 +443,14 @@ async def run(
     ctx: Context,
     reload: Callable[[], Context] | None = None,
     sockets: list[socket.socket] | None = None,
+    frontend_bound: list[Any] | None = None,
 ) -> None:
     """Serve (on pre-bound sockets, or bind now) until SIGTERM/SIGINT; shut down gracefully."""
     limit = raise_nofile_limit()
     log.debug("open files limit: %d", limit)
     server = Server(ctx, reload)
     install_signals(server)  # before start: the pre-bound sockets already accept connections
-    await server.start(sockets)
+    await server.start(sockets, frontend_bound)
     await server.serve_until_stopped()
 
 

@@ -286,11 +286,8 @@ def test_warnings_in_file_order() -> None:
     cfg = parse(text)
     assert cfg.warnings == (
         msg("unknown keyword 'Foo' ignored", 1),
-        msg("'Tunnel' is not implemented yet and is ignored", 2),
         msg("Auth GSS is not supported yet, using NTLMv2", 3),
         msg("'Domain' has no value and is ignored", 4),
-        msg("'SOCKS5Proxy' is not implemented yet and is ignored", 5),
-        msg("'SOCKS5Users' is not implemented yet and is ignored", 6),
         msg("'ISAScannerSize' is not implemented yet and is ignored", 7),
         msg("'Flags' is not implemented yet and is ignored", 8),
         msg("'Pac' is not implemented yet and is ignored", 9),
@@ -471,15 +468,11 @@ def test_cli_flags(argv: list[str], expected: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("argv", "warning"),
     [
-        (["-M", "http://example.com/"], "-M (magic NTLM dialect detection) is not implemented yet"),
         (["-s"], "-s (serialize requests) is not implemented and is ignored"),
         (["-T", "trace.log"], "-T (trace file) is not implemented and is ignored"),
         (["-F", "0x1"], "-F: 'Flags' is not implemented yet and is ignored"),
         (["-G", "Wget/"], "-G: 'ISAScannerAgent' is not implemented yet and is ignored"),
         (["-S", "100"], "-S: 'ISAScannerSize' is not implemented yet and is ignored"),
-        (["-O", "1080"], "-O: 'SOCKS5Proxy' is not implemented yet and is ignored"),
-        (["-R", "u:p"], "-R: 'SOCKS5User' is not implemented yet and is ignored"),
-        (["-L", "1:h:2"], "-L: 'Tunnel' is not implemented yet and is ignored"),
         (["-a", "gss"], "-a: Auth GSS is not supported yet, using NTLMv2"),
         (["-A", "10.1.2.3/8"], "-A: Allow 10.1.2.3/8 has host bits set; using 10.0.0.0/8"),
     ],
