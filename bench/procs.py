@@ -189,6 +189,14 @@ def tree_cpu(pid: int) -> float:
     return total / CLK_TCK
 
 
+def user_sys(pid: int) -> tuple[float, float]:
+    """(utime, stime) in seconds of one process (all its threads)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def cpu(pid: int) -> float:
     fields = _stat_fields(pid)
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
