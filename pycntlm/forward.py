@@ -47,7 +47,7 @@ def upstream_head(
         headers = (*headers, ("Connection", "Upgrade"), ("Upgrade", ", ".join(upgrade)))
     if auth is not None:
         headers = (*headers, ("Proxy-Authorization", auth))
-    if drop_body and (method or req.method).upper() not in ("GET", "HEAD", "CONNECT"):
+    if drop_body and (method or req.method) not in ("GET", "HEAD", "CONNECT"):
         headers = (*headers, ("Content-Length", "0"))
     version = "HTTP/1.1"
     out = Request(method or req.method, target, version, headers)

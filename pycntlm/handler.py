@@ -89,6 +89,7 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
         _log_access(client, "-", "-", Outcome(exc.status, keep=False), 0.0)
         return False
     client.idle = False
+    client.last_method = ""
     if raw is None:
         return False
     started = time.monotonic()
@@ -98,6 +99,7 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
     try:
         req = http1.parse_request(raw)
         method, target_text = req.method, req.target
+        client.last_method = method
         out = await _route(ctx, client, req)
     except ProtocolError as exc:
         out = Outcome(exc.status, keep=False)
@@ -115,7 +117,7 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
     direct = not ctx.config.proxies or ctx.noproxy.matches(target.host)
     route = "direct" if direct else "parent"
     keep = http1.client_wants_keep_alive(req)
-    is_connect = req.method.upper() == "CONNECT"
+    is_connect = req.method == "CONNECT"
     if ctx.config.ntlm_to_basic and not direct:
         user = basic_credentials(req, ctx.config.domain)
         if user is None:
@@ -254,8 +256,18 @@ async def _deliver(
     ctx: Context, client: Conn, req: Request, ex: Exchange, route: str, keep: bool
 ) -> Outcome:
     resp = ex.response
-    method = req.method.upper()
-    body = http1.response_body(resp, method)
+    method = req.method
+    try:
+        body = http1.response_body(resp, method)
+    except ProtocolError as exc:  # e.g. an invalid Content-Length from upstream
+        ex.up.conn.close()
+        if ex.pump is not None:
+            ex.pump.cancel()
+        where = str(ex.up.parent) if ex.up.parent is not None else "the target"
+        _answer(
+            client, 502, _reason(502), f"pycntlm: bad answer from {where}: {exc.message}", False
+        )
+        return Outcome(502, route, keep=False)
     up_keep = http1.response_keeps_alive(resp, method)
     if body.framing is Framing.UNTIL_CLOSE:
         keep = False
@@ -301,14 +313,18 @@ def _upstream_failure(
         text = f"pycntlm: no parent proxy could be used (tried: {exc.parent})"
     else:
         text = f"pycntlm: {exc.parent}: {exc.reason}"
-    status = 504 if "timed out" in text else 502
+    status = 504 if "timed out" in text else 503 if exc.parent == "pycntlm" else 502
     _answer(client, status, _reason(status), text, keep)
     return Outcome(status, route, exc.parent, 0, keep)
 
 
 def _answer(client: Conn, status: int, reason: str, text: str, keep: bool) -> None:
+    """One of pycntlm's own short answers (an answer to HEAD gets the head only)."""
+    data = http1.simple_response(status, reason, text, keep_alive=keep)
+    if client.last_method == "HEAD":
+        data = data[: data.index(b"\r\n\r\n") + 4]
     with contextlib.suppress(ConnectionClosed):
-        client.write(http1.simple_response(status, reason, text, keep_alive=keep))
+        client.write(data)
 
 
 _REASONS = {
@@ -321,6 +337,7 @@ _REASONS = {
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
     501: "Not Implemented",
     502: "Bad Gateway",
     504: "Gateway Timeout",

@@ -257,7 +257,7 @@ def request_target(req: Request) -> Target:
     ProtocolError(400) for a proxy, except that the caller may handle it first.
     Userinfo in an absolute URI is dropped (never forwarded); so is a fragment."""
     target = req.target
-    if req.method.upper() == "CONNECT":
+    if req.method == "CONNECT":
         host, port = _authority(target, None)
         return Target("", host, port, "")
     if target.startswith("/") or target == "*":
@@ -352,7 +352,7 @@ def response_body(resp: Response, request_method: str) -> Body:
     Transfer-Encoding overrides Content-Length; chunked not last, or any Transfer-Encoding in
     an HTTP/1.0 response (RFC 9112 6.1: faulty framing), reads until close. An invalid
     Content-Length is a ProtocolError(502)."""
-    method = request_method.upper()
+    method = request_method  # case-sensitive (RFC 9110 9.1): "head" is not HEAD
     status = resp.status
     if method == "HEAD" or status < 200 or status in (204, 304):
         return Body(Framing.NONE)
@@ -386,7 +386,7 @@ def response_keeps_alive(resp: Response, request_method: str) -> bool:
     tokens = connection_tokens(resp.headers)
     if "close" in tokens or (resp.version == "HTTP/1.0" and "keep-alive" not in tokens):
         return False
-    if resp.status == 101 or (request_method.upper() == "CONNECT" and 200 <= resp.status < 300):
+    if resp.status == 101 or (request_method == "CONNECT" and 200 <= resp.status < 300):
         return False
     try:
         body = response_body(resp, request_method)

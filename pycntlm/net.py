@@ -52,6 +52,7 @@ class Conn(asyncio.Protocol):
         # (shutdown closes those at once); `stop_after_response` ends the keep-alive loop.
         self.idle = False
         self.stop_after_response = False
+        self.last_method = ""  # client side: the method of the request being answered
         self.peername: tuple[str, int] = ("?", 0)
 
     # -- asyncio.Protocol callbacks -------------------------------------------------------

@@ -314,7 +314,6 @@ def test_simple_response() -> None:
 TARGETS = [
     ("CONNECT", "example.com:443", Target("", "example.com", 443, "")),
     ("CONNECT", "EXAMPLE.com:8443", Target("", "example.com", 8443, "")),
-    ("connect", "h:1", Target("", "h", 1, "")),
     ("CONNECT", "10.0.0.1:65535", Target("", "10.0.0.1", 65535, "")),
     ("CONNECT", "[::1]:443", Target("", "::1", 443, "")),
     ("CONNECT", "[2001:DB8::1]:22", Target("", "2001:db8::1", 22, "")),
@@ -531,7 +530,8 @@ def test_request_smuggling_via_the_head_is_400() -> None:
 
 RESPONSE_BODIES = [
     ("HEAD", resp(200, ("Content-Length", "5")), Body(Framing.NONE)),
-    ("head", resp(200, ("Transfer-Encoding", "chunked")), Body(Framing.NONE)),
+    # methods are case-sensitive (RFC 9110 9.1): "head" is not HEAD, its answer has a body
+    ("head", resp(200, ("Transfer-Encoding", "chunked")), Body(Framing.CHUNKED)),
     ("GET", resp(100), Body(Framing.NONE)),
     ("GET", resp(101), Body(Framing.NONE)),
     ("GET", resp(204, ("Content-Length", "5")), Body(Framing.NONE)),
@@ -796,3 +796,10 @@ def test_fuzz_request_target(target: str, method: str) -> None:
         return
     assert t.host and t.host == t.host.lower() and 0 < t.port < 65536
     assert "@" not in t.host and "/" not in t.host
+
+
+def test_lower_case_connect_is_not_connect() -> None:
+    # "connect" is an unknown method whose target is not a URI: a 400, not a tunnel
+    with pytest.raises(ProtocolError) as info:
+        http1.request_target(Request("connect", "h:1", "HTTP/1.1", ()))
+    assert info.value.status == 400
