@@ -83,4 +83,3 @@ def test_broken_config_on_reload_raises_config_error(tmp_path: Path) -> None:
         assert ":1:" in str(exc)
     else:
         raise AssertionError("no error")
-
