@@ -49,7 +49,7 @@ _FRAMING_FIELDS = frozenset(("transfer-encoding", "content-length"))
 
 @dataclass(frozen=True)
 class Request:
-    method: str  # as received (case-sensitive per RFC 9110; compare upper-case for CONNECT)
+    method: str  # as received; case-sensitive (RFC 9110 9.1): "connect" is not CONNECT
     target: str  # request-target as received
     version: str  # "HTTP/1.1" or "HTTP/1.0"
     headers: Headers
