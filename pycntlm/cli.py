@@ -92,7 +92,7 @@ def _main(args: list[str]) -> int:
         from pycntlm import magic
 
         return magic.magic_main(cfg)
-    credentials = _credentials(cfg)
+    credentials = credentials_for(cfg)
     if credentials is not None:
         for h in (credentials.nt_hash, credentials.lm_hash, credentials.ntlmv2_hash):
             if h is not None:
@@ -138,14 +138,14 @@ def _reload(args: list[str], redactor: logsetup.Redactor) -> context.Context:
     redactor.add(cfg.password, cfg.pass_nt, cfg.pass_lm, cfg.pass_ntlmv2)
     for warning in cfg.warnings:
         log.warning("%s", warning)
-    credentials = _credentials(cfg)
+    credentials = credentials_for(cfg)
     return context.build(dataclasses.replace(cfg, password=None), credentials)
 
 
-def _credentials(cfg: config.Config) -> creds.Credentials | None:
-    """The configured credentials; none are needed without parents, or with NTLMToBasic when
-    no Username is configured (every client then logs in with its own)."""
-    if not cfg.proxies or (cfg.ntlm_to_basic and not cfg.username):
+def credentials_for(cfg: config.Config) -> creds.Credentials | None:
+    """The configured credentials; none are needed without parents (Proxy lines or a PAC
+    file), or with NTLMToBasic when no Username is configured (every client logs in itself)."""
+    if not (cfg.proxies or cfg.pac) or (cfg.ntlm_to_basic and not cfg.username):
         return None
     return creds.from_config(cfg, socket.gethostname())
 

@@ -128,6 +128,7 @@ class Config:
     ntlm_to_basic: bool = False  # NTLMToBasic / -B: clients' Basic credentials, NTLM upstream
     status_listen: tuple[ListenAddr, ...] = ()  # StatusListen: the /metrics endpoint (off)
     standalone: bool = False  # Standalone: serve directly while every parent is down
+    pac: str | None = None  # Pac: a PAC file path or URL choosing the parent per request
     password_file: str | None = None  # PasswordFile: the password's first line (0600 file)
     sighup_reload: bool = True  # SighupReload no: SIGHUP stops, as under cntlm's old init script
     # ConnectPorts: ports CONNECT may reach (direct and through a parent); () = the default.
@@ -337,7 +338,7 @@ _KEY_LIST = (
     _Key("ISAScannerAgent", None, implemented=False),
     _Key("ISAScannerSize", None, implemented=False),
     _Key("Flags", None, implemented=False),
-    _Key("Pac", None, implemented=False),
+    _Key("Pac", "pac"),
 )
 _KEYS = {key.name.lower(): key for key in _KEY_LIST}
 _MULTI_FIELDS = tuple(dict.fromkeys(k.field for k in _KEY_LIST if k.multi and k.field))

@@ -13,15 +13,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pycntlm.acl import Acl
-from pycntlm.config import Config
+from pycntlm.config import Config, HostPort
 from pycntlm.creds import Credentials, from_password
 from pycntlm.lockout import AuthGuard
 from pycntlm.noproxy import NoProxy
 from pycntlm.pool import Pool
 from pycntlm.upstreams import Upstreams
 
+if TYPE_CHECKING:
+    from pycntlm.pac import PacSource
+
+MAX_PARENT_LISTS = 64  # distinct PAC answers with their own failover state
 MAX_BASIC_USERS = 256  # NTLMToBasic identities remembered (least recently used dropped)
 
 
@@ -56,6 +61,40 @@ class Context:
     # NTLMToBasic: one derived Context per client user (own credentials, guard and pool keys;
     # shared parents, pool and counters), keyed by a digest of user, domain and password.
     users: OrderedDict[bytes, Context] = field(default_factory=OrderedDict)
+    # Pac: the PAC source (refreshed by the server), and one derived Context per list of
+    # parents a PAC answer named (own failover state; shared pool, guard and counters).
+    pac: PacSource | None = None
+    by_parents: OrderedDict[tuple[HostPort, ...], Context] = field(default_factory=OrderedDict)
+
+    def with_standalone(self) -> Context:
+        """The same, serving directly when every parent is down (a PAC list ending in DIRECT)."""
+        key = (*self.config.proxies, HostPort("DIRECT", 0))
+        found = self.by_parents.get(key)
+        if found is None:
+            found = dataclasses.replace(
+                self, config=dataclasses.replace(self.config, standalone=True)
+            )
+            self.by_parents[key] = found
+        return found
+
+    def with_parents(self, parents: tuple[HostPort, ...]) -> Context:
+        """The Context that uses `parents` (in order, with failover) instead of Proxy lines."""
+        if parents == self.config.proxies:
+            return self
+        found = self.by_parents.get(parents)
+        if found is not None:
+            self.by_parents.move_to_end(parents)
+            return found
+        derived = dataclasses.replace(
+            self,
+            config=dataclasses.replace(self.config, proxies=parents),
+            upstreams=Upstreams(parents, self.clock, self.config.failback_interval),
+            by_parents=OrderedDict(),
+        )
+        self.by_parents[parents] = derived
+        while len(self.by_parents) > MAX_PARENT_LISTS:
+            self.by_parents.popitem(last=False)
+        return derived
 
     def for_user(self, username: str, domain: str, password: str) -> Context:
         """The Context that authenticates upstream as this client user (NTLMToBasic).
@@ -86,7 +125,13 @@ class Context:
 def build(
     config: Config, creds: Credentials | None, clock: Callable[[], float] = time.monotonic
 ) -> Context:
+    pac = None
+    if config.pac:
+        from pycntlm.pac import PacSource  # quickjs and aiohttp load only when a PAC is used
+
+        pac = PacSource(config.pac)
     return Context(
+        pac=pac,
         config=config,
         creds=creds,
         upstreams=Upstreams(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pycntlm import http1
 from pycntlm.context import Context
-from pycntlm.errors import AuthRejected, ProtocolError, UpstreamError
+from pycntlm.errors import AuthRejected, ProtocolError, PycntlmError, UpstreamError
 from pycntlm.forward import client_head, relay_body
 from pycntlm.http1 import Framing, Request
 from pycntlm.net import Conn, ConnectionClosed, open_conn, relay
@@ -114,7 +114,10 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
 
 async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
     target = http1.request_target(req)
-    direct = not ctx.config.proxies or ctx.noproxy.matches(target.host)
+    direct = ctx.noproxy.matches(target.host)
+    if ctx.pac is not None and not direct:
+        ctx, direct = await _pac_route(ctx, req, target)
+    direct = direct or not ctx.config.proxies
     route = "direct" if direct else "parent"
     keep = http1.client_wants_keep_alive(req)
     is_connect = req.method == "CONNECT"
@@ -155,6 +158,33 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
     except UpstreamError as exc:
         return _upstream_failure(ctx, client, exc, route, keep and not _unread_body(body))
     return await _deliver(ctx, client, req, ex, route, keep)
+
+
+async def _pac_route(ctx: Context, req: Request, target: http1.Target) -> tuple[Context, bool]:
+    """Ask the PAC file: (the Context whose parents are the PAC's proxies, go direct?).
+    DIRECT first means direct; proxies are tried in the PAC's order (with failover), and a
+    DIRECT after them is the Standalone fallback. No usable answer: the Proxy lines."""
+    from pycntlm.config import HostPort
+
+    assert ctx.pac is not None
+    engine = ctx.pac.engine
+    if engine is None:
+        return ctx, False
+    url = req.target if req.method != "CONNECT" else f"https://{req.target}/"
+    try:
+        routes = await engine.afind(url, target.host)
+    except PycntlmError as exc:
+        log.warning("PAC failed for %s (%s): using the Proxy lines", target.host, exc)
+        return ctx, False
+    if not routes:
+        return ctx, False
+    if routes[0].kind == "DIRECT":
+        return ctx, True
+    parents = tuple(HostPort(r.host, r.port) for r in routes if r.kind == "PROXY")
+    derived = ctx.with_parents(parents)
+    if any(r.kind == "DIRECT" for r in routes) and not derived.config.standalone:
+        derived = derived.with_standalone()
+    return derived, False
 
 
 def _body_source(ctx: Context, client: Conn, req: Request) -> BodySource:

@@ -31,6 +31,7 @@ from pycntlm.net import Conn
 log = logging.getLogger("pycntlm")
 
 BACKLOG = 4096
+PAC_REFRESH = 900.0  # seconds between PAC file refreshes
 WATCH_SECONDS = 5.0  # how often the pool is pruned and the config file's mtime is checked
 GRACE_SECONDS = 10.0
 SIOCGIFADDR = 0x8915
@@ -212,7 +213,10 @@ class Server:
         self._stopping = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
         self._status: list[Any] = []
-        self._clients: set[Conn] = set()  # client connections of the HTTP proxy listeners
+        self._clients: set[Conn] = set()
+        self._pac_task: asyncio.Task[None] | None = (
+            None  # client connections of the HTTP proxy listeners
+        )
         self.addresses: list[tuple[str, int]] = []
 
     async def start(
@@ -237,11 +241,28 @@ class Server:
         ):
             self._servers.append(srv)
         await self._start_status()
+        await self._start_pac(self.ctx)
         for addr in pending_listeners(self.ctx.config):
             log.warning("interface %s is not up yet: will listen on it once it is", addr.host)
             self._watchers.add(loop.create_task(self._listen_when_up(addr)))
         if self.ctx.config.listen_defaulted:
             log.warning("no Listen in the configuration: listening on 127.0.0.1:3128")
+
+    async def _start_pac(self, ctx: Context) -> None:
+        """Load the PAC file before serving, then refresh it every PAC_REFRESH seconds (the
+        last good copy stays in use when a refresh fails)."""
+        if self._pac_task is not None:
+            self._pac_task.cancel()
+            self._pac_task = None
+        if ctx.pac is None:
+            return
+        if await ctx.pac.refresh():
+            log.info("PAC file %s loaded", ctx.pac.location)
+        else:
+            log.error(
+                "PAC file %s: %s; using the Proxy lines", ctx.pac.location, ctx.pac.last_error
+            )
+        self._pac_task = asyncio.get_running_loop().create_task(ctx.pac.run(PAC_REFRESH))
 
     async def _start_status(self) -> None:
         if not self.ctx.config.status_listen:
@@ -319,6 +340,10 @@ class Server:
         self.ctx = new
         old.pool.clear()
         log.info("configuration reloaded; credentials re-armed")
+        if new.pac is not None or old.pac is not None:
+            task = asyncio.get_running_loop().create_task(self._start_pac(new))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
         if (
             set(old.config.listen) != set(new.config.listen)
             or old.config.gateway != new.config.gateway
@@ -397,6 +422,8 @@ class Server:
     async def _shutdown(self, grace: float) -> None:
         for watcher in self._watchers:
             watcher.cancel()
+        if self._pac_task is not None:
+            self._pac_task.cancel()
         for srv in self._servers:
             srv.close()
         # Keep-alive clients waiting for their next request are closed now; the others finish

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pycntlm import config, context, creds, server
+from pycntlm import config, context, server
+from pycntlm.cli import credentials_for
 from pycntlm.config import ListenAddr
 
 USER = ("corp-uk", "testuser", "password")
@@ -43,8 +44,7 @@ async def running_proxy(
     path.write_text(conf_text)
     cfg = config.load(["-c", str(path), "-f"], default_path=str(tmp_path / "absent.conf"))
     cfg = dataclasses.replace(cfg, listen=(ListenAddr("127.0.0.1", 0),), **overrides)  # type: ignore[arg-type]
-    needed = cfg.proxies and not (cfg.ntlm_to_basic and not cfg.username)
-    credentials = creds.from_config(cfg, "TESTHOST") if needed else None
+    credentials = credentials_for(cfg)  # the same rule as the real start-up
     ctx = context.build(dataclasses.replace(cfg, password=None), credentials)
     srv = server.Server(ctx)
     await srv.start(server.bind_listeners(ctx.config))

@@ -280,7 +280,7 @@ def test_warnings_in_file_order() -> None:
         "SOCKS5Users dave:pw\n"
         "ISAScannerSize 1024\n"
         "Flags 0x06820000\n"
-        "Pac /etc/proxy.pac\n"
+        "ISAScannerAgent Wget/\n"
         "Username=bob\n"
     )
     cfg = parse(text)
@@ -290,7 +290,7 @@ def test_warnings_in_file_order() -> None:
         msg("'Domain' has no value and is ignored", 4),
         msg("'ISAScannerSize' is not implemented yet and is ignored", 7),
         msg("'Flags' is not implemented yet and is ignored", 8),
-        msg("'Pac' is not implemented yet and is ignored", 9),
+        msg("'ISAScannerAgent' is not implemented yet and is ignored", 9),
         msg("unknown keyword 'Username...' ignored", 10),
     )
     assert cfg.auth == "NTLMv2"
@@ -786,4 +786,5 @@ def test_ntlm_to_basic_status_listen_and_standalone_keywords() -> None:
     assert cfg.ntlm_to_basic and cfg.standalone
     assert cfg.status_listen == (ListenAddr("127.0.0.1", 9100),)
     assert cfg.warnings == ()
+    assert parse("Pac /etc/proxy.pac\n").pac == "/etc/proxy.pac"
     assert config.load(["-B", "-c", "/dev/null"]).ntlm_to_basic
