@@ -145,7 +145,7 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
         if direct:
             ex = await via_direct(ctx, client, req, target, body)
         else:
-            ex = await via_parent(ctx, client, req, absolute_uri(target), body)
+            ex = await via_parent(ctx, client, req, http1.absolute_uri(target), body)
     except AllParentsDown as exc:
         if not (ctx.config.standalone and body.replayable):
             return _upstream_failure(ctx, client, exc, route, keep and not _unread_body(body))
@@ -235,14 +235,6 @@ def basic_credentials(req: Request, default_domain: str) -> tuple[str, str, str]
     return None
 
 
-def absolute_uri(target: http1.Target) -> str:
-    """The absolute-form target sent to a parent (userinfo never included)."""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    default = {"http": 80, "https": 443}.get(target.scheme)
-    port = "" if target.port == default else f":{target.port}"
-    return f"{target.scheme}://{host}{port}{target.path}"
-
-
 def _unread_body(body: BodySource) -> bool:
     return body.has_body and body.prefetched is None and not body.sent
 
@@ -313,6 +305,14 @@ async def _deliver(
         if ex.pump is not None:
             async with asyncio.timeout(ctx.config.idle_timeout):
                 await ex.pump
+    except ProtocolError as exc:
+        # A broken body from upstream (bad chunking): the head is already out, so the client
+        # can only be told by closing its connection before the body is complete.
+        ex.up.conn.close()
+        if ex.pump is not None and not ex.pump.done():
+            ex.pump.cancel()
+        log.warning("%s: broken response body (%s); closing the client", parent, exc.message)
+        return Outcome(resp.status, route, parent, sent, keep=False)
     except BaseException:
         ex.up.conn.close()
         if ex.pump is not None and not ex.pump.done():

@@ -290,3 +290,25 @@ async def test_protocol_switch_101_relays_both_ways(tmp_path: Path, parent: Ntlm
         await client.close()
     srv.close()
     assert b"Upgrade: echo" in seen[0]
+
+
+async def test_broken_chunked_answer_closes_without_injecting_an_error(
+    tmp_path: Path, parent: NtlmParent
+) -> None:
+    async def bad_chunks(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+        await w.drain()
+        await asyncio.sleep(5)
+
+    srv = await asyncio.start_server(bad_chunks, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    async with running_proxy(conf(parent.address, extra="NoProxy 127.0.0.1"), tmp_path) as proxy:
+        client = await RawClient.connect(proxy.port)
+        await client.send(f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await asyncio.wait_for(client.reader.read(), 5)  # closed, not held open
+        await client.close()
+    srv.close()
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert b"pycntlm" not in data  # no error answer written into the middle of a body
+    assert b"zz" not in data  # the broken part is not passed on
