@@ -25,8 +25,8 @@ from pycntlm import socks5
 from pycntlm.config import Config, ListenAddr, socks5_account, socks5_listen, tunnel_spec
 from pycntlm.context import Context
 from pycntlm.errors import AuthRejected, ConfigError, UpstreamError
+from pycntlm.listeners import InterfaceNotReady, bind_socket, resolve_listen
 from pycntlm.net import Conn, ConnectionClosed, relay
-from pycntlm.server import InterfaceNotReady, bind_socket, resolve_listen
 from pycntlm.session import AllParentsDown, TunnelRefused, open_tunnel
 
 log = logging.getLogger("pycntlm")
