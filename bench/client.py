@@ -22,6 +22,8 @@ from bench.httpmini import NtlmClient, Parser, Response
 HOST = "127.0.0.1"
 IO_TIMEOUT = 30.0
 SETUP_TIMEOUT = 2.0
+STALL_GRACE = 2.0
+TUNNEL_STALL = 10.0  # hold_tunnels gives up when no new tunnel opened for this long
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,9 @@ async def _conn_worker(
         proto = ReqLoop(req, deadline, budget, stats, record)
         transport, _ = await loop.create_connection(_factory(proto), sock=sock)
         try:
-            left = deadline - time.perf_counter() + IO_TIMEOUT
-            await asyncio.wait_for(asyncio.shield(proto.finished), max(left, 1.0))
+            # A response still missing STALL_GRACE after the deadline would not count anyway.
+            left = deadline - time.perf_counter() + STALL_GRACE
+            await asyncio.wait_for(asyncio.shield(proto.finished), max(left, 0.1))
         except TimeoutError:
             stats.errors += 1
             transport.abort()
@@ -355,6 +358,7 @@ async def hold_tunnels(
     """Open `count` CONNECT tunnels (at most `parallel` handshakes at a time), each carrying one
     1 KiB GET, hold them all while `while_held()` runs, then close them."""
     sem = asyncio.Semaphore(parallel)
+    progress = [time.perf_counter()]  # when the last tunnel opened (stall detection)
     socks: list[socket.socket] = []
     errors = 0
     first_error = ""
@@ -369,15 +373,17 @@ async def hold_tunnels(
 
     async def one() -> None:
         async with sem:
-            if time.perf_counter() > stop:
-                failed("not started within the time cap")
+            give_up = min(stop, progress[0] + TUNNEL_STALL)
+            if time.perf_counter() > give_up:
+                failed("not started: time cap reached or no tunnel opened for a while")
                 return
             try:
-                async with asyncio.timeout(max(0.1, stop - time.perf_counter())):
+                async with asyncio.timeout(max(0.1, give_up - time.perf_counter())):
                     sock = await open_tunnel(t)
             except (OSError, TimeoutError) as exc:
                 failed(exc)
                 return
+            progress[0] = time.perf_counter()
             socks.append(sock)
             try:
                 async with asyncio.timeout(max(1.0, stop - time.perf_counter())):

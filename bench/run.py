@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from bench.figures import Settings, Subject
 
 CANDIDATES = ("direct", "pycntlm", "cntlm", "px")
 RESULTS = Path(__file__).resolve().parent / "results"
+FD_RESERVE = 500  # squid's helpers, logs and reserved descriptors
 QUICK = Settings(
     duration=2.0,
     warmup=0.3,
@@ -62,7 +64,9 @@ def log(text: str) -> None:
 
 
 class World:
-    """squid, nginx and the candidates, all under one temp dir; stop() stops them by PID."""
+    """nginx, squid and the candidates, all under one temp dir; stop() stops them by PID.
+    Each repetition gets a fresh squid and fresh candidates (fresh_parent_and_proxies), so a
+    proxy left degraded by the tunnel figure (cntlm leaks fds there) cannot spoil the next."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -70,21 +74,40 @@ class World:
         self.eps: dict[str, services.Endpoint] = {}
         self.crashes: dict[str, int] = {}
         self.skipped: dict[str, str] = {}
+        self.idle_rss: dict[str, list[float]] = {}
+        self.squid: procs.Proc | None = None
         self.squid_port = self.origin = 0
         self.squid_pid = 0
 
     def start(self, names: list[str]) -> None:
         nginx, self.origin = services.start_nginx(self.root)
         self.started.append(nginx)
-        squid, self.squid_port = services.start_squid(self.root)
-        self.started.append(squid)
-        self.squid_pid = squid.pid
+        self.fresh_parent_and_proxies(names)
+
+    def fresh_parent_and_proxies(self, names: list[str]) -> None:
+        """(Re)start squid and every candidate; record each proxy's idle RSS."""
+        for ep in self.eps.values():
+            if ep.proc is not None:
+                ep.proc.stop()
+        if self.squid is not None:
+            self.squid.stop()
+        self.squid, self.squid_port = services.start_squid(self.root)
+        self.started.append(self.squid)
+        self.squid_pid = self.squid.pid
         for name in names:
+            if name in self.skipped:
+                continue
             try:
                 self._start_one(name)
             except (procs.StartError, OSError) as exc:
                 self.skipped[name] = str(exc).splitlines()[0]
+                self.eps.pop(name, None)
                 log(f"  {name}: not measured: {self.skipped[name]}")
+        time.sleep(1.0)  # let them settle before reading idle RSS
+        for name, ep in self.eps.items():
+            if ep.pid is not None:
+                rss = procs.tree_rss(ep.pid) / (1 << 20)
+                self.idle_rss.setdefault(name, []).append(rss)
 
     def _start_one(self, name: str) -> None:
         ep = services.start_candidate(name, self.root, self.squid_port, self.origin)
@@ -143,6 +166,9 @@ def run_figures(world: World, names: list[str], cfg: Settings, reps: int) -> rep
     runs: report.Runs = []
     figs = list(figures.FIGURES.items())
     for rep in range(reps):
+        if rep > 0:
+            log(f"rep {rep + 1}: fresh squid and proxies")
+            world.fresh_parent_and_proxies(names)
         for i, (fig_name, fig) in enumerate(figs):
             shift = (rep + i) % len(names)
             order = names[shift:] + names[:shift]
@@ -237,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     reps = args.reps or (1 if args.quick else 3)
     nofile = procs.raise_nofile()
+    fits = (nofile - FD_RESERVE) // 2  # squid and each proxy hold 2 fds per tunnel
+    if cfg.tunnels > fits:
+        log(
+            f"RLIMIT_NOFILE is {nofile} (the hard limit cannot be raised here): "
+            f"{cfg.tunnels} tunnels need ~{2 * cfg.tunnels + FD_RESERVE} fds in squid; "
+            f"measuring {fits}"
+        )
+        cfg = Settings(**{**cfg.__dict__, "tunnels": fits})
     signal.signal(signal.SIGTERM, _on_sigterm)
     root = Path(tempfile.mkdtemp(prefix="pycntlm-bench-"))
     root.chmod(0o755)  # squid drops to the proxy user and must reach its subdirectory
@@ -252,8 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting nginx, squid and {', '.join(names)} in {root}")
         world.start(names)
         names = [n for n in names if n in world.eps]
-        time.sleep(1.0)
-        idle = {n: procs.tree_rss(pid) / (1 << 20) for n in names if (pid := world.eps[n].pid)}
         log(f"client ceiling (our client and wrk straight at nginx) at {_since(started_at)}")
         payload["ceiling"] = ceiling(world, cfg)
         log(f"  {payload['ceiling']}")
@@ -268,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     med = report.medians(runs, names)
     for n in names:
-        if n in idle:
-            med[n]["idle_rss_mib"] = idle[n]
+        if n in world.idle_rss:
+            med[n]["idle_rss_mib"] = statistics.median(world.idle_rss[n])
         med[n]["crashes"] = world.crashes.get(n, 0)
     text = report.table(med, names, reps)
     payload.update(
