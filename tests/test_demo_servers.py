@@ -149,6 +149,17 @@ async def ntlm_get(
     )
 
 
+@pytest.fixture(autouse=True)
+def no_system_kerberos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pyspnego's kerberos extra installed, its "negotiate" client tries Kerberos first
+    (kinit with the password) through /etc/krb5.conf, whose Debian default names a realm on the
+    internet. A config without realms and an empty ticket cache make that fail at once, offline."""
+    conf = tmp_path / "krb5-none.conf"
+    conf.write_text("[libdefaults]\n    dns_lookup_kdc = false\n    dns_lookup_realm = false\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-ccache'}")
+
+
 @pytest.fixture
 async def origin() -> AsyncIterator[Origin]:
     async with Origin() as server:

@@ -1,10 +1,13 @@
-"""A real parent proxy that demands and verifies NTLM (pyspnego acceptor), for the demo and tests.
+"""A real parent proxy that demands and verifies NTLM and Kerberos (pyspnego acceptors), for the
+demo and tests.
 
 Owns: being a strict corporate proxy on loopback: connection-oriented NTLM and Negotiate (raw
-NTLMSSP or SPNEGO-wrapped NTLM) verified against a users file, per-request Basic, forwarding of
-absolute-form requests and CONNECT tunnels to loopback targets only, and counters for tests.
-Must not: listen anywhere but where it is told, connect anywhere but loopback, log or keep secrets
-or NTLM blobs, or leave pyspnego's process-wide environment variables changed.
+NTLMSSP, SPNEGO-wrapped NTLM, and, given a keytab, raw or SPNEGO-wrapped Kerberos) verified against
+a users file or the keytab, per-request Basic, forwarding of absolute-form requests and CONNECT
+tunnels to loopback targets only, and counters for tests.
+Must not: listen anywhere but where it is told, connect anywhere but loopback, log or keep secrets,
+NTLM blobs or Kerberos tokens, or leave process-wide environment variables (pyspnego's, krb5's)
+changed.
 
 pyspnego facts this relies on (spnego/_ntlm.py, 0.12.4): the acceptor reads `LM_COMPAT_LEVEL` and
 checks that `NTLM_USER_FILE` exists when it is created (a Negotiate acceptor creates its NTLM
@@ -16,7 +19,16 @@ environment variables, this class sets them (its own temp users file, its `lm_co
 for the duration of each synchronous pyspnego call and restores the previous values at once, so
 several parents and pyspnego clients can share one process (not one thread-pool: not thread-safe).
 
-Not imitated: Kerberos, https:// absolute-form, retries of a stale upstream connection, pipelining
+Kerberos (pyspnego's kerberos extra; krb5 reads these at each call): `KRB5_KTNAME` is the keytab
+given to the constructor (else a path that does not exist, so a Kerberos token is refused rather
+than checked against the system keytab) and `KRB5RCACHEDIR` the parent's temp dir, so a replayed
+token is refused and no replay cache lands outside it; both are set like the NTLM variables. A
+Kerberos logon is one leg: `Negotiate <AP-REQ>` on a request is accepted at once, the request is
+forwarded, and the answer carries `Proxy-Authenticate: Negotiate <AP-REP>` when the client asked
+for mutual authentication; the connection stays authenticated, as with NTLM. The KDC's
+configuration (`KRB5_CONFIG`) is the process's.
+
+Not imitated: https:// absolute-form, retries of a stale upstream connection, pipelining
 beyond what sequential reading gives, obs-fold headers, bare-LF line endings.
 """
 
@@ -81,7 +93,8 @@ class ParentStats:
     type1_seen: int = 0  # handshakes started (NTLM Type 1, or a Negotiate initial token)
     upstream_connections: int = 0
     auth_headers_seen: list[str] = field(default_factory=list)
-    dialects: list[str] = field(default_factory=list)  # NTLMv2 / NTLM2SR / NTLM / LM / SPNEGO
+    # NTLMv2 / NTLM2SR / NTLM / LM / SPNEGO (NTLM inside SPNEGO) / Kerberos / Basic
+    dialects: list[str] = field(default_factory=list)
     _counters: list[_ConnCounter] = field(default_factory=list, repr=False)
 
     @property
@@ -133,6 +146,13 @@ def _dialect(type3: bytes) -> str:
     return "LM" if lm_len else "anonymous"
 
 
+def _logon_dialect(ctx: spnego.ContextProxy, token: bytes) -> str:
+    """The dialects entry for a completed NTLM or Negotiate logon."""
+    if token.startswith(b"NTLMSSP"):
+        return _dialect(token)
+    return "Kerberos" if ctx.negotiated_protocol == "kerberos" else "SPNEGO"
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -163,6 +183,7 @@ class NtlmParent:
         close_after_challenge: bool = False,
         close_after_type1: bool = False,
         lm_compat_level: int = 3,
+        keytab: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         timeout: float = 30.0,
@@ -174,6 +195,7 @@ class NtlmParent:
         self.close_after_challenge = close_after_challenge
         self.close_after_type1 = close_after_type1
         self.lm_compat_level = lm_compat_level
+        self.keytab = keytab  # service keys (e.g. HTTP/localhost@REALM) for Kerberos logons
         self.host = host
         self.port = port
         self.stats = ParentStats()
@@ -241,9 +263,12 @@ class NtlmParent:
     @contextlib.contextmanager
     def _spnego_env(self) -> Iterator[None]:
         assert self._dir is not None
+        keytab = self.keytab or os.path.join(self._dir, "no-keytab")
         wanted = {
             "NTLM_USER_FILE": os.path.join(self._dir, "users"),
             "LM_COMPAT_LEVEL": str(self.lm_compat_level),
+            "KRB5_KTNAME": f"FILE:{os.path.abspath(keytab)}",
+            "KRB5RCACHEDIR": self._dir,
         }
         saved = {name: os.environ.get(name) for name in wanted}
         os.environ.update(wanted)
@@ -280,7 +305,7 @@ class NtlmParent:
             return _Verdict(False, challenge=f"{name} {base64.b64encode(out).decode()}")
         conn.pending, conn.authed = None, True
         self.stats.logons_ok += 1
-        self.stats.dialects.append(_dialect(token) if token.startswith(b"NTLMSSP") else "SPNEGO")
+        self.stats.dialects.append(_logon_dialect(ctx, token))
         log.debug("parent: %s logon accepted", name)
         final = f"Negotiate {base64.b64encode(out).decode()}" if out else None
         return _Verdict(True, final=final)
