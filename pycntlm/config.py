@@ -123,7 +123,7 @@ class Config:
     failback_interval: float = 60.0  # FailbackInterval: seconds before probing a preferred parent
     auth_failures_before_lockout: int = 1  # AuthLockoutAfter: Type 3 rejections before we stop
     auth_backoff: float = 300.0  # AuthBackoff: seconds we stop using a rejected credential
-    pool_max_idle: int = 32  # PoolMaxIdle: idle authenticated connections kept per parent
+    pool_max_idle: int = 256  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
     ntlm_to_basic: bool = False  # NTLMToBasic / -B: clients' Basic credentials, NTLM upstream
     status_listen: tuple[ListenAddr, ...] = ()  # StatusListen: the /metrics endpoint (off)

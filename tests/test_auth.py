@@ -485,3 +485,11 @@ def test_target_info_flag_without_room_for_it_is_truncated() -> None:
     raw[20:24] = struct.pack("<I", 0x00800000 | 0x00000201)
     with pytest.raises(HandshakeError, match="truncated"):
         _respond([_ntlm(bytes(raw))])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8))
+def test_fast_desl_equals_pyspnego_desl(key: bytes, data: bytes) -> None:
+    from pycntlm.auth import _spnego_desl, desl
+
+    assert desl(key, data) == _spnego_desl(key, data)
