@@ -9,6 +9,7 @@ Must not: know HTTP or NTLM.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -39,6 +40,13 @@ log = logging.getLogger("pycntlm")
 PAC_REFRESH = 900.0  # seconds between PAC file refreshes
 WATCH_SECONDS = 5.0  # how often the pool is pruned and the config file's mtime is checked
 GRACE_SECONDS = 10.0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _mtime(path: str | None) -> float | None:
@@ -82,6 +90,14 @@ class Server:
             self.addresses.append((str(name[0]), int(name[1])))
         for host, port in self.addresses:
             log.info("listening on %s:%d", host, port)
+        open_to = [f"{h}:{p}" for h, p in self.addresses if not _loopback(h)]
+        if open_to and self.ctx.acl.is_empty:
+            log.warning(
+                "listening on %s with no Allow/Deny rules: anyone who can reach it uses the "
+                "configured account (an open relay). Add e.g. 'Allow 172.16.0.0/12' and "
+                "'Deny 0/0'.",
+                ", ".join(open_to),
+            )
         from pycntlm import frontends  # (imports server: no cycle at module level)
 
         for srv in await frontends.start_frontends(
