@@ -125,6 +125,9 @@ class Config:
     auth_backoff: float = 300.0  # AuthBackoff: seconds we stop using a rejected credential
     pool_max_idle: int = 256  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
+    max_clients: int = 8192  # MaxClients: open client connections; more are answered 503
+    max_head_size: int = 64 * 1024  # MaxHeadSize: bytes of one request head (431 beyond)
+    max_headers: int = 128  # MaxHeaders: header fields in one request (431 beyond)
     ntlm_to_basic: bool = False  # NTLMToBasic / -B: clients' Basic credentials, NTLM upstream
     status_listen: tuple[ListenAddr, ...] = ()  # StatusListen: the /metrics endpoint (off)
     standalone: bool = False  # Standalone: serve directly while every parent is down
@@ -324,6 +327,9 @@ _KEY_LIST = (
     _number("AuthBackoff", "auth_backoff", float, 0, True),
     _number("PoolMaxIdle", "pool_max_idle", int, 0, True),
     _number("PoolIdleTimeout", "pool_idle_ttl", float, 0, False),
+    _number("MaxClients", "max_clients", int, 1, True),
+    _number("MaxHeadSize", "max_head_size", int, 1024, True),
+    _number("MaxHeaders", "max_headers", int, 8, True),
     _Key("Tunnel", "tunnels", _kept(tunnel_spec), multi=True),
     _Key("SOCKS5Proxy", "socks5_proxies", _kept(socks5_listen), multi=True),
     _Key("SOCKS5User", "socks5_users", _kept(socks5_account), multi=True),

@@ -83,7 +83,9 @@ async def serve_client(ctx: Context, client: Conn) -> None:
 async def _one_request(ctx: Context, client: Conn) -> bool:
     """Serve one request; True when the client connection stays open for another."""
     try:
-        raw = await client.read_head(ctx.config.idle_timeout, HEAD_TIMEOUT)
+        raw = await client.read_head(
+            ctx.config.idle_timeout, HEAD_TIMEOUT, ctx.config.max_head_size
+        )
     except ProtocolError as exc:
         _answer(client, exc.status, _reason(exc.status), f"pycntlm: {exc.message}", False)
         _log_access(client, "-", "-", Outcome(exc.status, keep=False), 0.0)
@@ -97,7 +99,9 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
     method, target_text = "-", "-"
     out = Outcome()
     try:
-        req = http1.parse_request(raw)
+        req = http1.parse_request(
+            raw, max_size=ctx.config.max_head_size, max_headers=ctx.config.max_headers
+        )
         method, target_text = req.method, req.target
         client.last_method = method
         out = await _route(ctx, client, req)

@@ -77,7 +77,7 @@ class Target:
 # --- heads -----------------------------------------------------------------------------------
 
 
-def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
+def find_head_end(buf: bytes | bytearray, start: int = 0, max_size: int = MAX_HEAD_SIZE) -> int:
     """Index just past the blank line that ends a head, or -1 if not complete yet.
     Accepts CRLFCRLF (and bare-LF line ends only where parse_* accepts them).
     Raises ProtocolError(431) when no end is found within MAX_HEAD_SIZE bytes.
@@ -87,24 +87,26 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     search backs up over a terminator that straddles it. A bare-LF end ("\\n\\n") is found too,
     so a bare-LF request is answered with parse_request's 400 instead of waiting for more.
     """
-    stop = min(len(buf), MAX_HEAD_SIZE)
+    stop = min(len(buf), max_size)
     crlf = buf.find(b"\n\r\n", max(0, start - 2), stop)
     lf = buf.find(b"\n\n", max(0, start - 1), crlf + 2 if crlf >= 0 else stop)
     if lf >= 0:
         return lf + 2
     if crlf >= 0:
         return crlf + 3
-    if len(buf) >= MAX_HEAD_SIZE:
+    if len(buf) >= max_size:
         raise ProtocolError("header section too large", 431)
     return -1
 
 
-def parse_request(head: bytes) -> Request:
+def parse_request(
+    head: bytes, *, max_size: int = MAX_HEAD_SIZE, max_headers: int = MAX_HEADERS
+) -> Request:
     """Parse a complete request head (up to and including the blank line).
-    Raises ProtocolError(400) for malformed lines, (431) for limits."""
+    Raises ProtocolError(400) for malformed lines, (431) for limits (MaxHeadSize, MaxHeaders)."""
     if head.startswith(b"\r\n"):
         head = head[2:]
-    if len(head) > MAX_HEAD_SIZE:
+    if len(head) > max_size:
         raise ProtocolError("request header section too large", 431)
     if not head.endswith(b"\r\n\r\n"):
         raise ProtocolError("incomplete request head", 400)
@@ -116,7 +118,7 @@ def parse_request(head: bytes) -> Request:
         raise ProtocolError("bare LF in request head", 400)
     if "\r" in joined:
         raise ProtocolError("bare CR in request head", 400)
-    _check_sizes(len(head), lines, 431)
+    _check_sizes(len(head), lines, 431, max_headers)
     method, target, version = _request_line(lines[0])
     return Request(method, target, version, _fields(lines, 400))
 
@@ -175,8 +177,10 @@ def parse_response(head: bytes) -> Response:
     return Response(version, int(code), reason, _fields(lines, 502))
 
 
-def _check_sizes(head_size: int, lines: list[str], status: int) -> None:
-    if len(lines) > MAX_HEADERS + 1:
+def _check_sizes(
+    head_size: int, lines: list[str], status: int, max_headers: int = MAX_HEADERS
+) -> None:
+    if len(lines) > max_headers + 1:
         raise ProtocolError("too many header fields", status)
     if head_size > MAX_LINE_SIZE and max(map(len, lines)) > MAX_LINE_SIZE:
         raise ProtocolError("header line too long", status)

@@ -155,7 +155,9 @@ class Conn(asyncio.Protocol):
         """An idle connection can be reused when open, not at EOF, with nothing unread."""
         return not self.is_closed and not self._eof and not self._buf
 
-    async def read_head(self, timeout: float, total: float | None = None) -> bytes | None:
+    async def read_head(
+        self, timeout: float, total: float | None = None, max_size: int = http1.MAX_HEAD_SIZE
+    ) -> bytes | None:
         """The next message head (through its blank line), or None at a clean EOF before any
         byte. `timeout` bounds the wait for the first byte; once a head has begun, `total`
         (default: `timeout`) bounds the whole head, so a trickled head cannot hold us for long.
@@ -166,7 +168,7 @@ class Conn(asyncio.Protocol):
         while True:
             if self._buf and deadline is None:
                 deadline = loop.time() + (timeout if total is None else total)
-            end = http1.find_head_end(self._buf, scan_from)
+            end = http1.find_head_end(self._buf, scan_from, max_size)
             if end >= 0:
                 return self._take(end)
             if self._eof:

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pycntlm import handler
+from pycntlm import handler, http1
 from pycntlm.config import Config, ListenAddr
 from pycntlm.context import Context
 from pycntlm.errors import ConfigError
@@ -40,6 +40,7 @@ log = logging.getLogger("pycntlm")
 PAC_REFRESH = 900.0  # seconds between PAC file refreshes
 WATCH_SECONDS = 5.0  # how often the pool is pruned and the config file's mtime is checked
 GRACE_SECONDS = 10.0
+FULL_TEXT = "pycntlm: too many clients right now (MaxClients); try again shortly"
 
 
 def _loopback(host: str) -> bool:
@@ -69,10 +70,9 @@ class Server:
         self._stopping = asyncio.Event()
         self._watchers: set[asyncio.Task[None]] = set()
         self._status: list[Any] = []
-        self._clients: set[Conn] = set()
-        self._pac_task: asyncio.Task[None] | None = (
-            None  # client connections of the HTTP proxy listeners
-        )
+        self._clients: set[Conn] = set()  # client connections of the HTTP proxy listeners
+        self._pac_task: asyncio.Task[None] | None = None
+        self._full = False  # MaxClients reached (logged once per episode)
         self.addresses: list[tuple[str, int]] = []
 
     async def start(
@@ -178,6 +178,17 @@ class Server:
         if self._stopping.is_set():
             conn.close()
             return
+        if len(self._clients) > self.ctx.config.max_clients:  # a fast, clear failure
+            self._clients.discard(conn)
+            if not self._full:
+                log.warning("MaxClients (%d) reached: new clients get 503", len(self._clients))
+            self._full = True
+            conn.write(
+                http1.simple_response(503, "Service Unavailable", FULL_TEXT, keep_alive=False)
+            )
+            conn.close()
+            return
+        self._full = False
         task = self.spawn(handler.serve_client(self.ctx, conn))
         task.add_done_callback(lambda _t: self._clients.discard(conn))
 
