@@ -357,8 +357,7 @@ def auth_value(value: str, warn: Warn) -> str:
     if value.lower() in _AUTHS:
         return _AUTHS[value.lower()]
     if value.lower() == "gss":
-        warn("Auth GSS is not supported yet, using NTLMv2")
-        return "NTLMv2"
+        return "GSS"  # Kerberos with the user's ticket cache (pycntlm/negotiate.py)
     raise BadValue(f"Auth must be one of {', '.join(AUTH_NAMES)}; got {shown(value)}")
 
 

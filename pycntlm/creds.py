@@ -24,6 +24,7 @@ pair of hashes, which would silently break a user whose password has that shape.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from spnego._ntlm_raw.crypto import des, hmac_md5  # pinned: pyspnego==0.12.4
@@ -56,10 +57,11 @@ class Credentials:
     nt_hash: bytes | None = field(default=None, repr=False)
     lm_hash: bytes | None = field(default=None, repr=False)
     ntlmv2_hash: bytes | None = field(default=None, repr=False)
+    kerberos: bool = False  # Auth GSS: the ticket cache authenticates; no hash is needed
 
     def __post_init__(self) -> None:
         hashes = (self.nt_hash, self.lm_hash, self.ntlmv2_hash)
-        if all(h is None for h in hashes):
+        if all(h is None for h in hashes) and not self.kerberos:
             raise ValueError("Credentials need at least one hash")
         if any(h is not None and len(h) != HASH_LEN for h in hashes):
             raise ValueError(f"every hash must be {HASH_LEN} bytes")
@@ -126,9 +128,12 @@ def from_config(config: Config, hostname: str) -> Credentials:
     An empty Password counts as absent (cntlm then prompts; our CLI does that with -I).
     With only PassNT, the NTLMv2 key is derived from it (as cntlm does)."""
     path = config.source_path
+    workstation = config.workstation or hostname
+    if config.auth == "GSS":  # Kerberos: the ticket cache (KRB5CCNAME) is the credential
+        user = config.username or os.environ.get("KRB5CCNAME", "default ticket cache")
+        return Credentials(user, config.domain, workstation, kerberos=True)
     if not config.username:
         raise ConfigError("Username is not set", path)
-    workstation = config.workstation or hostname
     if config.password:
         creds = from_password(config.username, config.domain, workstation, config.password)
     else:

@@ -12,6 +12,7 @@ Must not: use pooled connections or answer clients (session.py and handler.py do
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from pycntlm.exchange import (
 )
 from pycntlm.forward import skip_body, upstream_head
 from pycntlm.http1 import Request
+from pycntlm.negotiate import KerberosHandshake, kerberos_failed
 from pycntlm.net import Conn, ConnectionClosed, open_conn
 
 log = logging.getLogger("pycntlm.session")
@@ -182,6 +184,8 @@ async def _handshake(
 ) -> tuple[Exchange, bool | None]:
     assert ctx.creds is not None
     cfg = ctx.config
+    if cfg.auth == "GSS":
+        return await _kerberos(ctx, up, client, req, target, body, accepted_for_now)
     hs = NtlmHandshake(ctx.creds, cfg.auth)
     leg1_real = not body.has_body
     method = req.method if leg1_real else "HEAD"
@@ -222,6 +226,37 @@ async def _handshake(
         await discard(ctx, ex, req.method)
         ctx.stats.auth_rejections += 1
         raise AuthRejected(str(up.parent), "rejected pycntlm's credentials")
+    return ex, True
+
+
+async def _kerberos(
+    ctx: Context,
+    up: Upstream,
+    client: Conn | None,
+    req: Request,
+    target: str,
+    body: BodySource,
+    accepted_for_now: Callable[[], None],
+) -> tuple[Exchange, bool | None]:
+    """Auth GSS: one leg. The real request carries the Kerberos token (SPN HTTP@<parent host>);
+    the parent answers it directly, or 407 when it refuses the ticket."""
+    assert up.parent is not None
+    host = up.parent.host
+    hs = KerberosHandshake(host)
+    # Getting a service ticket may ask the KDC: off the event loop, bounded.
+    try:
+        value = await asyncio.wait_for(asyncio.to_thread(hs.start), ctx.config.handshake_timeout)
+    except TimeoutError:
+        raise HandshakeError("the Kerberos KDC did not answer in time") from None
+    head = upstream_head(req, target, auth=value, substitutions=ctx.config.headers)
+    ctx.stats.handshakes += 1
+    ex = await _answer_of(ctx, up, head, body, client, accepted_for_now)
+    if ex.response.status == 407:
+        kerberos_failed(host)
+        await discard(ctx, ex, req.method)
+        ctx.stats.auth_rejections += 1
+        raise AuthRejected(str(up.parent), "rejected pycntlm's Kerberos ticket")
+    hs.finish(http1.header_values(ex.response.headers, "Proxy-Authenticate"))
     return ex, True
 
 

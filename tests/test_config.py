@@ -286,14 +286,13 @@ def test_warnings_in_file_order() -> None:
     cfg = parse(text)
     assert cfg.warnings == (
         msg("unknown keyword 'Foo' ignored", 1),
-        msg("Auth GSS is not supported yet, using NTLMv2", 3),
         msg("'Domain' has no value and is ignored", 4),
         msg("'ISAScannerSize' is not implemented yet and is ignored", 7),
         msg("'Flags' is not implemented yet and is ignored", 8),
         msg("'ISAScannerAgent' is not implemented yet and is ignored", 9),
         msg("unknown keyword 'Username...' ignored", 10),
     )
-    assert cfg.auth == "NTLMv2"
+    assert cfg.auth == "GSS"
     assert cfg.domain == ""
     assert cfg.tunnels == ("11443:remote.com:443",)
     assert cfg.socks5_proxies == ("8010",)
@@ -473,7 +472,6 @@ def test_cli_flags(argv: list[str], expected: dict[str, Any]) -> None:
         (["-F", "0x1"], "-F: 'Flags' is not implemented yet and is ignored"),
         (["-G", "Wget/"], "-G: 'ISAScannerAgent' is not implemented yet and is ignored"),
         (["-S", "100"], "-S: 'ISAScannerSize' is not implemented yet and is ignored"),
-        (["-a", "gss"], "-a: Auth GSS is not supported yet, using NTLMv2"),
         (["-A", "10.1.2.3/8"], "-A: Allow 10.1.2.3/8 has host bits set; using 10.0.0.0/8"),
     ],
 )
