@@ -19,6 +19,7 @@ from pathlib import Path
 
 from proxyrun import RawClient, conf, running_proxy
 from servers.gitserver import GitServerInfo
+from servers.procs import run_client
 from servers.squid import SquidInfo, squid_ntlm, squid_ntlm_session  # noqa: F401
 from servers.tls import TlsMaterial, clean_env
 
@@ -42,22 +43,8 @@ async def run(
     argv: Sequence[str], *, timeout: float = CLIENT_TIMEOUT, cwd: Path | None = None
 ) -> Done:
     """Run a client without blocking the loop; killed (by its PID) if it overruns."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-        cwd=cwd,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Done(proc.returncode, out, err)
+    rc, out, err = await run_client(argv, env=clean_env(), timeout=timeout, cwd=cwd)
+    return Done(rc, out, err)
 
 
 async def curl(proxy_port: int, url: str, out: Path, *args: str) -> int:

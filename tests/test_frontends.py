@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from proxyrun import conf, running_proxy
 from servers.gitserver import GitServerInfo
+from servers.procs import run_client
 from servers.tls import clean_env
 
 from pycntlm import config, context, creds, frontends
@@ -35,22 +36,8 @@ def free_port() -> int:
 
 async def run(*argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
     """A client process that does not block the event loop pycntlm runs in."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-        cwd=cwd,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLIENT_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    rc, out, err = await run_client(argv, env=clean_env(), timeout=CLIENT_TIMEOUT, cwd=cwd)
+    return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 async def http_get(port: int, path: str = "/") -> bytes:

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from fakeclock import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pycntlm.lockout import AuthGuard
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 def state(g: AuthGuard) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fakeclock import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,20 +16,9 @@ C = HostPort("c.example", 8080)
 D = HostPort("2001:db8::1", 3128)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 def make(clock: FakeClock, *parents: HostPort, interval: float = 60.0) -> Upstreams:

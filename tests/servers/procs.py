@@ -6,6 +6,7 @@ touch a non-loopback address or a process it did not start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import os
@@ -219,3 +220,26 @@ def http_origin(body: bytes = b"hello from origin\n") -> Iterator[OriginInfo]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=STOP_TIMEOUT)
+
+
+async def run_client(
+    argv: Sequence[str], *, env: Mapping[str, str], timeout: float, cwd: Path | None = None
+) -> tuple[int, bytes, bytes]:
+    """A client process that does not block the event loop pycntlm runs in (tests run pycntlm
+    in-process); killed by its PID if it overruns. Returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out, err
