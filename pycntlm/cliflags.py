@@ -41,8 +41,6 @@ KEYWORD_OPTIONS: dict[str, str] = {
 }
 # Switches that set a config-file keyword to "yes".
 SWITCH_KEYWORDS: dict[str, str] = {"g": "Gateway", "B": "NTLMToBasic"}
-# Options we accept for cntlm compatibility but do nothing with.
-_IGNORED: dict[str, str] = {"s": "-s (serialize requests)", "T": "-T (trace file)"}
 
 _SHORT = "A:a:Bc:D:d:F:fG:gHhIL:l:M:N:O:P:p:qR:r:S:sT:tU:u:vVw:"
 _LONG = ["help", "version", "check-config"]
@@ -65,6 +63,8 @@ class CliArgs:
     show_version: bool = False
     magic_url: str | None = None
     uid: str | None = None
+    serialize: bool = False
+    trace_file: str | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -80,8 +80,14 @@ _SWITCH_FIELDS: dict[str, str] = {
     "--help": "show_help",
     "-V": "show_version",
     "--version": "show_version",
+    "-s": "serialize",
 }
-_VALUE_FIELDS: dict[str, str] = {"-c": "config_path", "-M": "magic_url", "-U": "uid"}
+_VALUE_FIELDS: dict[str, str] = {
+    "-c": "config_path",
+    "-M": "magic_url",
+    "-U": "uid",
+    "-T": "trace_file",
+}
 
 
 def parse_argv(argv: list[str]) -> CliArgs:
@@ -106,8 +112,6 @@ def parse_argv(argv: list[str]) -> CliArgs:
             settings.append((SWITCH_KEYWORDS[letter], "yes", opt))
         elif opt == "-u":
             settings.extend(_user_settings(value))
-        elif letter in _IGNORED:
-            notes.append(f"{_IGNORED[letter]} is not implemented and is ignored")
     settings.extend(("Proxy", parent, "proxy argument") for parent in _parents(positional))
     return CliArgs(settings=tuple(settings), notes=tuple(notes), **fields)
 

@@ -48,9 +48,11 @@ class HostPort:
 
     host: str
     port: int
+    tls: bool = False  # `Proxy https://host:port`: TLS to the parent itself
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"https://{where}" if self.tls else where
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,12 @@ class Config:
     sighup_reload: bool = True  # SighupReload no: SIGHUP stops, as under cntlm's old init script
     # ConnectPorts: ports CONNECT may reach (direct and through a parent); () = the default.
     connect_ports: tuple[tuple[int, int], ...] = ()
+    proxy_ca_file: str | None = None  # ProxyCAFile: CAs for https:// parents (None: system's)
+    proxy_tls_verify: bool = True  # ProxyTLSVerify no: do not check an https:// parent's cert
+    auto_kerberos: bool = True  # AutoKerberos: Negotiate when offered and a ticket exists
+    flags: int | None = None  # Flags / -F: NTLM negotiate flags to send instead of ours
+    serialize: bool = False  # -s: one request at a time (debugging, as cntlm)
+    trace_file: str | None = None  # -T: debug log appended to this file (0600, redacted)
 
     # Actions chosen on the command line.
     print_hashes: bool = False  # -H
@@ -161,10 +169,38 @@ class Config:
 
 
 def _proxy(value: str, warn: Warn) -> tuple[HostPort, ...]:
+    scheme, sep, rest = value.partition("://")
+    tls = False
+    if sep:
+        if scheme.lower() not in ("http", "https"):
+            raise BadValue(f"Proxy scheme must be http:// or https://, got {shown(scheme)}://")
+        tls = scheme.lower() == "https"
+        value = rest.rstrip("/")
     parsed = host_port(value)
     if parsed is None or parsed[0] is None:
-        raise BadValue(f"Proxy needs host:port or [v6]:port (port 1-65535), got {shown(value)}")
-    return (HostPort(parsed[0], parsed[1]),)
+        raise BadValue(
+            "Proxy needs host:port, [v6]:port or https://host:port (port 1-65535), "
+            f"got {shown(value)}"
+        )
+    return (HostPort(parsed[0], parsed[1], tls),)
+
+
+def _flags(value: str, warn: Warn) -> int:
+    """Flags / -F: the NTLM flag word, read like cntlm's strtoul(value, 0): 0x... hex, 0...
+    octal, else decimal."""
+    text = value.strip().lower()
+    try:
+        if text.startswith("0x"):
+            number = int(text[2:], 16)
+        elif text.startswith("0") and len(text) > 1:
+            number = int(text[1:], 8)
+        else:
+            number = int(text, 10)
+    except ValueError:
+        number = -1
+    if not 0 < number <= 0xFFFFFFFF:
+        raise BadValue(f"Flags needs an NTLM flag word such as 0x07820000, got {shown(value)}")
+    return number
 
 
 def _listen(value: str, warn: Warn) -> tuple[ListenAddr, ...]:
@@ -295,11 +331,17 @@ class _Key:
     parse: Parser = text_value
     multi: bool = False
     implemented: bool = True
+    why_not: str = ""  # for keywords read but not implemented: the reason, shown in the warning
 
 
 def _number(name: str, field: str, cast: type[float], low: float, low_ok: bool) -> _Key:
     return _Key(name, field, number_value(name, cast, low, low_ok))
 
+
+_ISA_WHY = (
+    "it only served Microsoft ISA Server's download-scanning page, and ISA/TMG reached end of "
+    "life in 2020; downloads are relayed unchanged"
+)
 
 _KEY_LIST = (
     _Key("Username", "username"),
@@ -340,11 +382,14 @@ _KEY_LIST = (
     _Key("Standalone", "standalone", bool_value("Standalone")),
     _Key("PasswordFile", "password_file"),
     _Key("SighupReload", "sighup_reload", bool_value("SighupReload")),
-    # cntlm keywords we read but do not implement yet: each use is warned about.
-    _Key("ISAScannerAgent", None, implemented=False),
-    _Key("ISAScannerSize", None, implemented=False),
-    _Key("Flags", None, implemented=False),
     _Key("Pac", "pac"),
+    _Key("ProxyCAFile", "proxy_ca_file"),
+    _Key("ProxyTLSVerify", "proxy_tls_verify", bool_value("ProxyTLSVerify")),
+    _Key("AutoKerberos", "auto_kerberos", bool_value("AutoKerberos")),
+    _Key("Flags", "flags", _flags),
+    # cntlm keywords we read but deliberately do not implement: each use is warned about.
+    _Key("ISAScannerAgent", None, implemented=False, why_not=_ISA_WHY),
+    _Key("ISAScannerSize", None, implemented=False, why_not=_ISA_WHY),
 )
 _KEYS = {key.name.lower(): key for key in _KEY_LIST}
 _MULTI_FIELDS = tuple(dict.fromkeys(k.field for k in _KEY_LIST if k.multi and k.field))
@@ -391,7 +436,9 @@ def _apply(acc: _Acc, keyword: str, value: str | None, where: _Where, first_wins
         acc.warnings.append(where.text(f"'{key.name}' has no value and is ignored"))
         return
     if not key.implemented:
-        acc.warnings.append(where.text(f"'{key.name}' is not implemented yet and is ignored"))
+        acc.warnings.append(
+            where.text(f"'{key.name}' is not supported and is ignored: {key.why_not}")
+        )
     if key.field is None:
         return
     first = acc.first_line.get(key.field)
@@ -468,6 +515,8 @@ def _cli_fields(cli: CliArgs) -> dict[str, Any]:
         "show_help": cli.show_help,
         "show_version": cli.show_version,
         "uid": cli.uid,
+        "serialize": cli.serialize,
+        "trace_file": cli.trace_file,
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import cast
 
 from pycntlm import http1
@@ -244,11 +245,19 @@ class Conn(asyncio.Protocol):
             self._relay_done.set_result(None)
 
 
-async def open_conn(host: str, port: int, timeout: float) -> Conn:
-    """Connect with a timeout. Raises OSError / TimeoutError as they come (callers translate)."""
+async def open_conn(
+    host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
+) -> Conn:
+    """Connect with a timeout (TLS handshake included when `tls` is given; the server name is
+    `host`). Raises OSError / TimeoutError / ssl.SSLError as they come (callers translate)."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, proto = await loop.create_connection(Conn, host, port)
+        if tls is None:
+            _, proto = await loop.create_connection(Conn, host, port)
+        else:
+            _, proto = await loop.create_connection(
+                Conn, host, port, ssl=tls, server_hostname=host, ssl_handshake_timeout=timeout
+            )
     return proto
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pycntlm import acl, config
+from pycntlm.config import _ISA_WHY as ISA_WHY
 from pycntlm.config import AclRule, Config, HostPort, ListenAddr
 from pycntlm.errors import ConfigError
 
@@ -185,7 +186,7 @@ def msg(detail: str, line: int = 1) -> str:
     return f"{PATH}:{line}: {detail}"
 
 
-PROXY_NEED = "Proxy needs host:port or [v6]:port (port 1-65535), got"
+PROXY_NEED = "Proxy needs host:port, [v6]:port or https://host:port (port 1-65535), got"
 LISTEN_NEED = "Listen needs [addr:]port, [v6]:port or iface:port, got"
 ERROR_CASES = [
     ("Proxy foo", msg(f"{PROXY_NEED} 'foo'")),
@@ -198,7 +199,8 @@ ERROR_CASES = [
     ("Proxy ::1:3128", msg(f"{PROXY_NEED} '::1:3128'")),
     ("Proxy [::1]", msg(f"{PROXY_NEED} '[::1]'")),
     ("Proxy [nothex]:80", msg(f"{PROXY_NEED} '[nothex]:80'")),
-    ("Proxy http://h:80", msg(f"{PROXY_NEED} 'http://h:80'")),
+    ("Proxy ftp://h:80", msg("Proxy scheme must be http:// or https://, got 'ftp'://")),
+    ("Proxy https://h", msg(f"{PROXY_NEED} 'h'")),
     ("Listen 0", msg(f"{LISTEN_NEED} '0'")),
     ("Listen 70000", msg(f"{LISTEN_NEED} '70000'")),
     ("Listen lo:", msg(f"{LISTEN_NEED} 'lo:'")),
@@ -287,12 +289,12 @@ def test_warnings_in_file_order() -> None:
     assert cfg.warnings == (
         msg("unknown keyword 'Foo' ignored", 1),
         msg("'Domain' has no value and is ignored", 4),
-        msg("'ISAScannerSize' is not implemented yet and is ignored", 7),
-        msg("'Flags' is not implemented yet and is ignored", 8),
-        msg("'ISAScannerAgent' is not implemented yet and is ignored", 9),
+        msg("'ISAScannerSize' is not supported and is ignored: " + ISA_WHY, 7),
+        msg("'ISAScannerAgent' is not supported and is ignored: " + ISA_WHY, 9),
         msg("unknown keyword 'Username...' ignored", 10),
     )
     assert cfg.auth == "GSS"
+    assert cfg.flags == 0x06820000
     assert cfg.domain == ""
     assert cfg.tunnels == ("11443:remote.com:443",)
     assert cfg.socks5_proxies == ("8010",)
@@ -455,6 +457,14 @@ def test_cli_user_at_domain(tmp_path: Path, argv: list[str], user: str, domain: 
         (["-g"], {"gateway": True, "listen": (ListenAddr(None, 3128),), "listen_defaulted": True}),
         ([], {"listen": (ListenAddr("127.0.0.1", 3128),), "listen_defaulted": True}),
         (["--", "h:1"], {"proxies": (HostPort("h", 1),)}),
+        (["-s"], {"serialize": True}),
+        (["-T", "trace.log"], {"trace_file": "trace.log"}),
+        (["-F", "0x1"], {"flags": 1}),
+        (["-F", "0x07820000"], {"flags": 0x07820000}),
+        (["-F", "010"], {"flags": 8}),
+        (["-F", "42"], {"flags": 42}),
+        (["https://p.example:3129"], {"proxies": (HostPort("p.example", 3129, tls=True),)}),
+        (["http://[::1]:3128/"], {"proxies": (HostPort("::1", 3128),)}),
     ],
 )
 def test_cli_flags(argv: list[str], expected: dict[str, Any]) -> None:
@@ -467,11 +477,8 @@ def test_cli_flags(argv: list[str], expected: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("argv", "warning"),
     [
-        (["-s"], "-s (serialize requests) is not implemented and is ignored"),
-        (["-T", "trace.log"], "-T (trace file) is not implemented and is ignored"),
-        (["-F", "0x1"], "-F: 'Flags' is not implemented yet and is ignored"),
-        (["-G", "Wget/"], "-G: 'ISAScannerAgent' is not implemented yet and is ignored"),
-        (["-S", "100"], "-S: 'ISAScannerSize' is not implemented yet and is ignored"),
+        (["-G", "Wget/"], "-G: 'ISAScannerAgent' is not supported and is ignored: it only"),
+        (["-S", "100"], "-S: 'ISAScannerSize' is not supported and is ignored: it only"),
         (["-A", "10.1.2.3/8"], "-A: Allow 10.1.2.3/8 has host bits set; using 10.0.0.0/8"),
     ],
 )
@@ -786,3 +793,30 @@ def test_ntlm_to_basic_status_listen_and_standalone_keywords() -> None:
     assert cfg.warnings == ()
     assert parse("Pac /etc/proxy.pac\n").pac == "/etc/proxy.pac"
     assert config.load(["-B", "-c", "/dev/null"]).ntlm_to_basic
+
+
+@pytest.mark.parametrize("value", ["0x", "zz", "0", "-1", "0x100000000", "09"])
+def test_bad_flags_are_refused_with_the_line(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^t\.conf:1: Flags needs an NTLM flag word"):
+        parse(f"Flags {value}\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://proxy.corp:8443", HostPort("proxy.corp", 8443, tls=True)),
+        ("HTTPS://[::1]:3129/", HostPort("::1", 3129, tls=True)),
+        ("http://proxy.corp:8080", HostPort("proxy.corp", 8080)),
+    ],
+)
+def test_proxy_urls(value: str, expected: HostPort) -> None:
+    assert parse(f"Proxy {value}\n").proxies == (expected,)
+
+
+def test_proxy_url_with_another_scheme_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^t\.conf:1: Proxy scheme must be http"):
+        parse("Proxy socks5://p:1080\n")
+
+
+def test_https_parent_is_named_with_its_scheme() -> None:
+    assert str(HostPort("p", 1, tls=True)) == "https://p:1"
