@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -65,6 +66,8 @@ class Context:
     # parents a PAC answer named (own failover state; shared pool, guard and counters).
     pac: PacSource | None = None
     by_parents: OrderedDict[tuple[HostPort, ...], Context] = field(default_factory=OrderedDict)
+    # `Proxy https://...`: the TLS client context for parents that speak TLS (None: none do).
+    parent_tls: ssl.SSLContext | None = None
 
     def with_standalone(self) -> Context:
         """The same, serving directly when every parent is down (a PAC list ending in DIRECT)."""

@@ -62,7 +62,8 @@ async def connect_parent(ctx: Context, tried: list[str], candidates: list[HostPo
         if any(t.startswith(f"{parent} ") for t in tried):
             continue
         try:
-            conn = await open_conn(parent.host, parent.port, ctx.config.connect_timeout)
+            tls = ctx.parent_tls if parent.tls else None
+            conn = await open_conn(parent.host, parent.port, ctx.config.connect_timeout, tls)
         except OSError as exc:
             if exc.errno in LOCAL_SHORTAGE:  # our own problem: the parent is not to blame
                 raise UpstreamError("pycntlm", f"out of resources: {why(exc)}") from None
