@@ -18,6 +18,13 @@ Dialects (as cntlm, with two deliberate fixes marked *):
   LM       LM response only.
 The domain is always sent upper-cased: * the NTLMv2 key is made with upper(domain) (see creds.py),
 so a standard verifier, which keys on the domain as sent, computes the same key.
+
+Flags / -F (cntlm: "Modify NTLM authentication flags. For experts only"): the given word is sent
+verbatim as the Type 1 flags, whatever the Auth dialect, even when it makes no sense for it (no
+NTLM flag, ESS with Auth NT...); flag_problems() names such mismatches for the caller to log. When
+it has the OEM domain/workstation-supplied bits, the Type 1 carries those names (as cntlm's does).
+The Type 3 flags are then computed from it instead of from the dialect's defaults (see
+authenticate_flags). The responses are always the Auth dialect's. Not used for Kerberos.
 """
 
 from __future__ import annotations
@@ -87,6 +94,41 @@ def negotiate_flags(dialect: str) -> int:
     if dialect in _ESS_DIALECTS:
         flags |= _F.extended_session_security
     return flags
+
+
+# cntlm 0.92.3's own Type 1 flags per dialect (ntlm_request), for reference and tests:
+# NTLMv2 0xa208b205, NTLM2SR 0xa208b207, NTLM 0xb207, NT 0xb205, LM 0xb206.
+CNTLM_FLAGS = {
+    "NTLMv2": 0xA208B205,
+    "NTLM2SR": 0xA208B207,
+    "NTLM": 0xB207,
+    "NT": 0xB205,
+    "LM": 0xB206,
+}
+
+
+def flag_names(flags: int) -> str:
+    """The NEGOTIATE flag word spelled out: "0xa208b205 (unicode, request_target, ...)"."""
+    names = [f.name or hex(f.value) for f in reversed(_F) if flags & f.value]
+    return f"0x{flags:08x} ({', '.join(names) or 'none'})"
+
+
+def flag_problems(flags: int, dialect: str) -> list[str]:
+    """What in a Flags word does not fit the Auth dialect (sent anyway: experts only)."""
+    problems: list[str] = []
+    if not flags & _F.ntlm:
+        problems.append("no NTLM flag (0x200): a parent may refuse the handshake")
+    if not flags & (_F.unicode | _F.oem):
+        problems.append("neither Unicode (0x1) nor OEM (0x2): no text encoding offered")
+    ess = bool(flags & _F.extended_session_security)
+    if dialect == "NTLM2SR" and not ess:
+        problems.append("no extended session security (0x80000), which Auth NTLM2SR needs")
+    if dialect in ("NTLM", "NT", "LM") and ess:
+        problems.append(
+            f"extended session security (0x80000) with Auth {dialect}: a parent that grants it "
+            "expects an NTLM2SR response"
+        )
+    return problems
 
 
 def _split_challenges(values: list[str]) -> list[tuple[str, str]]:
@@ -239,10 +281,11 @@ def _have(value: bytes | None) -> bytes:
     return value
 
 
-def authenticate_flags(dialect: str, challenge_flags: int) -> int:
-    """Type 3 flags: what both sides offered, one text encoding, and ESS exactly when the
-    dialect's responses use it (a verifier reads the NTLMv1 flavour from these flags)."""
-    flags = challenge_flags & negotiate_flags(dialect)
+def authenticate_flags(dialect: str, challenge_flags: int, offered: int | None = None) -> int:
+    """Type 3 flags: what both sides offered (`offered`: the Type 1 flags, by default the
+    dialect's), one text encoding, and ESS exactly when the dialect's responses use it (a
+    verifier reads the NTLMv1 flavour from these flags, so a Flags word cannot change it)."""
+    flags = challenge_flags & (negotiate_flags(dialect) if offered is None else offered)
     flags &= ~(_F.unicode | _F.oem | _F.extended_session_security)
     flags |= _F.unicode if challenge_flags & _F.unicode else _F.oem
     if dialect in _ESS_DIALECTS:
@@ -250,11 +293,18 @@ def authenticate_flags(dialect: str, challenge_flags: int) -> int:
     return flags
 
 
-def build_type3(creds: Credentials, dialect: str, t2: Type2, responses: Responses) -> bytes:
-    """An AUTHENTICATE_MESSAGE (no MIC, no session key, no version: cntlm sends none either)."""
+def build_type3(
+    creds: Credentials,
+    dialect: str,
+    t2: Type2,
+    responses: Responses,
+    offered: int | None = None,
+) -> bytes:
+    """An AUTHENTICATE_MESSAGE (no MIC, no session key, no version: cntlm sends none either).
+    `offered`: the Type 1 flags when they were not the dialect's (Flags)."""
     try:
         message = Authenticate(
-            authenticate_flags(dialect, t2.flags),
+            authenticate_flags(dialect, t2.flags, offered),
             responses.lm,
             responses.nt,
             domain_name=creds.domain.upper() or None,
@@ -272,6 +322,19 @@ def build_type3(creds: Credentials, dialect: str, t2: Type2, responses: Response
     return packed
 
 
+def build_type1(creds: Credentials, flags: int) -> bytes:
+    """A NEGOTIATE_MESSAGE with exactly `flags`. The OEM domain / workstation names go in only
+    when those bits are set (only a Flags word sets them) and the names fit the OEM code page."""
+    domain = creds.domain.upper() if flags & _F.oem_domain_name_supplied else ""
+    workstation = creds.workstation.upper() if flags & _F.oem_workstation_supplied else ""
+    try:
+        packed: bytes = Negotiate(flags, domain or None, workstation or None).pack()
+    except UnicodeEncodeError:
+        packed = Negotiate(flags).pack()
+    # pyspnego sets the supplied bits itself when it adds a name; the word must stay as given
+    return packed[:12] + struct.pack("<I", flags) + packed[16:]
+
+
 def _now_filetime(clock: Clock) -> int:
     return _EPOCH_AS_FILETIME + int(clock() * 10_000_000)
 
@@ -279,7 +342,7 @@ def _now_filetime(clock: Clock) -> int:
 class NtlmHandshake:
     """One handshake on one upstream connection.
 
-    hs = NtlmHandshake(creds, "NTLMv2")
+    hs = NtlmHandshake(creds, "NTLMv2", flags)   # flags: Config.flags (Flags / -F), or None
     value = hs.start()                 # -> "NTLM TlRMTVNT..." for Proxy-Authorization
     value = hs.respond(challenges)     # challenges: every Proxy-Authenticate value of the 407
                                        # -> "NTLM <type3>"; raises HandshakeError if no usable
@@ -294,6 +357,7 @@ class NtlmHandshake:
         self,
         creds: Credentials,
         dialect: str = "NTLMv2",
+        flags: int | None = None,
         *,
         rng: Rng = os.urandom,
         clock: Clock = time.time,
@@ -305,6 +369,7 @@ class NtlmHandshake:
             raise ValueError(problem)
         self._creds = creds
         self._dialect = dialect
+        self._flags = flags
         self._rng = rng
         self._clock = clock
         self._state = "new"
@@ -313,11 +378,19 @@ class NtlmHandshake:
     def dialect(self) -> str:
         return self._dialect
 
+    @property
+    def type1_flags(self) -> int:
+        """The NEGOTIATE flags start() sends: the Flags word when one was given."""
+        return negotiate_flags(self._dialect) if self._flags is None else self._flags
+
     def start(self) -> str:
         if self._state != "new":
             raise RuntimeError("NtlmHandshake.start() called twice")
         self._state = "started"
-        type1 = Negotiate(negotiate_flags(self._dialect)).pack()
+        if self._flags is None:
+            type1 = Negotiate(negotiate_flags(self._dialect)).pack()
+        else:
+            type1 = build_type1(self._creds, self._flags)
         return "NTLM " + base64.b64encode(type1).decode("ascii")
 
     def respond(self, challenges: list[str]) -> str:
@@ -329,5 +402,5 @@ class NtlmHandshake:
         responses = compute_responses(
             self._creds, self._dialect, t2, client, _now_filetime(self._clock)
         )
-        type3 = build_type3(self._creds, self._dialect, t2, responses)
+        type3 = build_type3(self._creds, self._dialect, t2, responses, self._flags)
         return "NTLM " + base64.b64encode(type3).decode("ascii")

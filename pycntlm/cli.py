@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pycntlm import __version__, config, context, creds, server
+from pycntlm import __version__, auth, config, context, creds, server
 from pycntlm import log as logsetup
 from pycntlm.errors import ConfigError, PycntlmError
 
@@ -88,6 +88,7 @@ def _main(args: list[str]) -> int:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     _warn_readable_password(cfg)
+    log_flags(cfg)
     if cfg.magic_url is not None:
         from pycntlm import magic
 
@@ -138,8 +139,25 @@ def _reload(args: list[str], redactor: logsetup.Redactor) -> context.Context:
     redactor.add(cfg.password, cfg.pass_nt, cfg.pass_lm, cfg.pass_ntlmv2)
     for warning in cfg.warnings:
         log.warning("%s", warning)
+    log_flags(cfg)
     credentials = credentials_for(cfg)
     return context.build(dataclasses.replace(cfg, password=None), credentials)
+
+
+def log_flags(cfg: config.Config) -> None:
+    """Flags / -F: say which NTLM flags are sent (cntlm: "Using manual NTLM flags"), and what
+    in them does not fit the Auth dialect. They are sent as given anyway: experts only."""
+    if cfg.flags is None:
+        return
+    if cfg.magic_url is not None:
+        log.warning("Flags is ignored by -M: each profile uses its own flags, as in cntlm")
+        return
+    if cfg.auth == "GSS":
+        log.warning("Flags is ignored with Auth GSS (Kerberos has no NTLM flags)")
+        return
+    log.info("using manual NTLM flags %s (Flags, for experts only)", auth.flag_names(cfg.flags))
+    for problem in auth.flag_problems(cfg.flags, cfg.auth):
+        log.warning("Flags 0x%08x: %s; sent as given", cfg.flags, problem)
 
 
 def credentials_for(cfg: config.Config) -> creds.Credentials | None:
