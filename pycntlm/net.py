@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 from typing import cast
 
-from pycntlm import http1
+from pycntlm import http1, splice
 from pycntlm.errors import ProtocolError
 
 READ_HIGH_WATER = 1 << 20  # buffered bytes before we stop reading from the socket
+# A relayed stream that has moved this many bytes one way is handed to the splice relay
+# (splice.py): half the CPU per byte, but four more descriptors, so only for bulk tunnels.
+# PYCNTLM_SPLICE=0 keeps every relay on the Protocol path (for side-by-side benchmarks).
+PROMOTE_AT = 1 << 20
+SPLICE_ON = splice.AVAILABLE and os.environ.get("PYCNTLM_SPLICE", "1") != "0"
+SPLICED = [0]  # relays moved to splice so far (for tests and the status endpoint)
 READ_CHUNK = 256 * 1024  # largest piece handed out by read_some()
 WRITE_HIGH_WATER = 1 << 20  # transport write buffer before pause_writing()
 
@@ -45,7 +52,10 @@ class Conn(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._can_write = True
         self._peer: Conn | None = None  # set in relay mode
-        self._relay_done: asyncio.Future[None] | None = None
+        # Relay mode: resolved when the relay should end; its result True means "move this
+        # relay to splice" (set by data_received once PROMOTE_AT bytes have gone through).
+        self._relay_done: asyncio.Future[bool] | None = None
+        self._may_promote = False
         self._eof_sent = False
         self.relayed = 0  # bytes this side received and handed to its peer in relay mode
         self.on_made: asyncio.Future[None] | None = None
@@ -74,6 +84,11 @@ class Conn(asyncio.Protocol):
             self.relayed += len(data)
             assert peer.transport is not None
             peer.transport.write(data)
+            if self._may_promote and self.relayed >= PROMOTE_AT:
+                self._may_promote = peer._may_promote = False
+                done = self._relay_done
+                if done is not None and not done.done():
+                    done.set_result(True)
             return
         self._buf += data
         if len(self._buf) > READ_HIGH_WATER and self.transport is not None:
@@ -97,7 +112,7 @@ class Conn(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
         if self._relay_done is not None and not self._relay_done.done():
-            self._relay_done.set_result(None)
+            self._relay_done.set_result(False)
 
     def pause_writing(self) -> None:
         self._can_write = False
@@ -242,7 +257,7 @@ class Conn(asyncio.Protocol):
         if peer is None or self._relay_done is None or self._relay_done.done():
             return
         if self._eof and peer._eof and self._eof_sent and peer._eof_sent:
-            self._relay_done.set_result(None)
+            self._relay_done.set_result(False)
 
 
 async def open_conn(
@@ -263,12 +278,48 @@ async def open_conn(
 
 async def relay(a: Conn, b: Conn, idle_timeout: float) -> tuple[int, int]:
     """Relay bytes both ways until both sides have closed (or one resets, or nothing moves for
-    idle_timeout seconds). Returns (bytes a->b, bytes b->a), counting what was buffered before."""
+    idle_timeout seconds). Returns (bytes a->b, bytes b->a), counting what was buffered before.
+    Starts on the Protocol relay; a stream that turns out to be bulk moves to splice.py."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    a._relay_done = done
-    b._relay_done = done
+    done: asyncio.Future[bool] = loop.create_future()
+    _attach(a, b, done)
+    a._may_promote = b._may_promote = SPLICE_ON and _spliceable(a) and _spliceable(b)
     start_a, start_b = len(a._buf), len(b._buf)
+    counted = (0, 0)
+    last = (-1, -1)
+    try:
+        while True:
+            if done.done():
+                if not done.result():
+                    break
+                spliced = await _splice(a, b, idle_timeout)
+                if spliced is not None:
+                    counted = spliced
+                    break
+                done = loop.create_future()  # splice was not possible: Protocol relay again
+                _attach(a, b, done)
+                continue
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    await asyncio.shield(done)
+            except TimeoutError:
+                now = (a.relayed, b.relayed)
+                if now == last:
+                    break
+                last = now
+    finally:
+        a._peer = b._peer = None
+        a._relay_done = b._relay_done = None
+        a._may_promote = b._may_promote = False
+        a.close()
+        b.close()
+    return a.relayed + start_a + counted[0], b.relayed + start_b + counted[1]
+
+
+def _attach(a: Conn, b: Conn, done: asyncio.Future[bool]) -> None:
+    """Put a pair in Protocol relay mode: hand over what each had buffered, wire the peers,
+    mirror the current backpressure and EOF state."""
+    a._relay_done = b._relay_done = done
     for src, dst in ((a, b), (b, a)):
         if src._buf and not dst._lost and dst.transport is not None:
             dst.transport.write(bytes(src._buf))
@@ -282,25 +333,79 @@ async def relay(a: Conn, b: Conn, idle_timeout: float) -> tuple[int, int]:
                 src.transport.pause_reading()
         if src._eof:
             dst._send_eof()
-    if a._lost or b._lost:
-        done.set_result(None) if not done.done() else None
+    if (a._lost or b._lost) and not done.done():
+        done.set_result(False)
+
+
+def _spliceable(conn: Conn) -> bool:
+    t = conn.transport
+    if t is None or conn._lost:
+        return False
+    if t.get_extra_info("sslcontext") is not None or t.get_extra_info("ssl_object") is not None:
+        return False  # TLS: the bytes on the socket are not the bytes we relay
+    sock = t.get_extra_info("socket")
+    return sock is not None and sock.type == socket.SOCK_STREAM
+
+
+async def _splice(a: Conn, b: Conn, idle_timeout: float) -> tuple[int, int] | None:
+    """Move a running Protocol relay onto splice: stop both transports reading, let their write
+    buffers empty, then relay on duplicated descriptors. Returns the bytes it moved each way,
+    or None when it cannot (out of descriptors, a side closing): the caller re-attaches the
+    Protocol relay, which carries on where this left off (bytes read meanwhile are in _buf)."""
+    conns = (a, b)
+    for c in conns:
+        c._peer = None
+        c._relay_done = None
+        if c.transport is not None and not c._lost:
+            c.transport.pause_reading()
+            c.transport.set_write_buffer_limits(high=0)
+    try:
+        for c in conns:
+            await c.drain(idle_timeout)
+        fds = [_dup(c) for c in conns] if not (a._lost or b._lost) else []
+    except (ConnectionClosed, TimeoutError, OSError):
+        fds = []
+    for c in conns:
+        if c.transport is not None and not c._lost:
+            c.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    if len(fds) != 2 or -1 in fds:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        return None
+    try:
+        sr = splice.SpliceRelay(fds[0], fds[1], bytes(a._buf), bytes(b._buf))
+    except OSError:
+        return None  # SpliceRelay closed the descriptors
+    SPLICED[0] += 1
+    pending = (len(a._buf), len(b._buf))
+    a._buf.clear()
+    b._buf.clear()
     last = (-1, -1)
     try:
-        while not done.done():
+        sr.start(a._eof, b._eof)
+        while not sr.done.done():
             try:
                 async with asyncio.timeout(idle_timeout):
-                    await asyncio.shield(done)
+                    await asyncio.shield(sr.done)
             except TimeoutError:
-                now = (a.relayed, b.relayed)
+                now = (sr.a_to_b, sr.b_to_a)
                 if now == last:
                     break
                 last = now
     finally:
-        a._peer = b._peer = None
-        a._relay_done = b._relay_done = None
-        a.close()
-        b.close()
-    return a.relayed + start_a, b.relayed + start_b
+        sr.close()
+    return sr.a_to_b + pending[0], sr.b_to_a + pending[1]
+
+
+def _dup(conn: Conn) -> int:
+    """A duplicate of the connection's socket descriptor, or -1 when its write buffer is not
+    empty (bytes would be reordered) or it has no socket."""
+    t = conn.transport
+    if t is None or t.get_write_buffer_size():
+        return -1
+    sock = t.get_extra_info("socket")
+    return -1 if sock is None else os.dup(sock.fileno())
 
 
 def set_keepalive(conn: Conn) -> None:
