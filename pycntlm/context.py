@@ -1,7 +1,8 @@
 """The objects every client connection shares, built once from a Config (and again on reload).
 
-Owns: wiring Config -> credentials, failover policy, pool, lockout guard, NoProxy, ACL, counters.
-Must not: do I/O (it only holds an asyncio.Event). No globals: a Context is passed down.
+Owns: wiring Config -> credentials, failover policy, pool, lockout guard, NoProxy, ACL, counters,
+and the TLS client context for https:// parents (ProxyCAFile is read here, once per build).
+Must not: do network I/O (it only holds an asyncio.Event). No globals: a Context is passed down.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import ssl
 import time
 from collections import OrderedDict
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 from pycntlm.acl import Acl
 from pycntlm.config import Config, HostPort
 from pycntlm.creds import Credentials, from_password
+from pycntlm.errors import ConfigError
 from pycntlm.lockout import AuthGuard
 from pycntlm.noproxy import NoProxy
 from pycntlm.pool import Pool
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 
 MAX_PARENT_LISTS = 64  # distinct PAC answers with their own failover state
 MAX_BASIC_USERS = 256  # NTLMToBasic identities remembered (least recently used dropped)
+
+log = logging.getLogger("pycntlm")
 
 
 @dataclass
@@ -125,9 +130,47 @@ class Context:
         return derived
 
 
+def parent_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS client context for `Proxy https://` parents (built once per config), or None
+    when no parent speaks TLS. PAC answers cannot name one: pacfuncs skips `HTTPS` entries.
+    Verification is on (ProxyCAFile's CAs when given, else the system's; the host name is
+    checked; TLS 1.2 or newer) unless `ProxyTLSVerify no`, which is warned about loudly.
+    Raises ConfigError when ProxyCAFile cannot be read or holds no PEM certificate."""
+    if config.proxy_ca_file is None and not any(p.tls for p in config.proxies):
+        return None
+    # With a cafile, only its CAs are trusted (create_default_context skips the system's).
+    tls = _with_cas(config.proxy_ca_file, config.source_path)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not config.proxy_tls_verify:
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        if any(p.tls for p in config.proxies):
+            log.warning(
+                "ProxyTLSVerify no: the certificates of https:// parents are NOT checked; "
+                "anyone on the path can pose as the parent and see all traffic. "
+                "Use ProxyCAFile instead."
+            )
+    return tls
+
+
+def _with_cas(path: str | None, source: str | None) -> ssl.SSLContext:
+    """A verifying client context trusting the CAs in `path` (checked even when no parent uses
+    TLS, so a typo shows at once), or the system's when None."""
+    try:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=path)
+    except ssl.SSLError as exc:
+        reason = (exc.reason or "unreadable").lower().replace("_", " ")
+        what = "no PEM certificate in it" if "no certificate" in reason else f"bad PEM: {reason}"
+        raise ConfigError(f"ProxyCAFile {path}: {what}", source) from None
+    except OSError as exc:
+        raise ConfigError(f"ProxyCAFile {path}: cannot read: {exc.strerror}", source) from None
+
+
 def build(
     config: Config, creds: Credentials | None, clock: Callable[[], float] = time.monotonic
 ) -> Context:
+    """Raises ConfigError for what only shows when it is used (ProxyCAFile)."""
+    parent_tls = parent_tls_context(config)
     pac = None
     if config.pac:
         from pycntlm.pac import PacSource  # quickjs and aiohttp load only when a PAC is used
@@ -148,4 +191,5 @@ def build(
         acl=Acl(config.acl),
         stats=Stats(),
         clock=clock,
+        parent_tls=parent_tls,
     )

@@ -8,6 +8,8 @@ Must not: choose parents, authenticate, or answer clients.
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -165,7 +167,24 @@ async def discard(ctx: Context, ex: Exchange, method: str) -> None:
     ex.up.conn.close()
 
 
+# "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)" -> the middle
+_SSL_NOISE = re.compile(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$")
+
+
+def tls_reason(exc: ssl.SSLError) -> str:
+    """A TLS failure in words, e.g. "TLS: certificate verify failed: self-signed certificate"."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"TLS: certificate verify failed: {exc.verify_message.rstrip('.')}"
+    text = _SSL_NOISE.sub("", str(exc.args[1] if len(exc.args) > 1 else exc)).strip()
+    if not text and exc.reason:
+        text = exc.reason.lower().replace("_", " ")
+    return f"TLS: {text or type(exc).__name__}"
+
+
 def why(exc: BaseException) -> str:
+    """A short reason for logs and 502 pages (never a secret: exceptions here carry none)."""
+    if isinstance(exc, ssl.SSLError):
+        return tls_reason(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

@@ -1,9 +1,10 @@
 """-M URL: find the strongest NTLM dialect the parent accepts (cntlm's "magic" detection).
 
-Owns: the probe order, one fresh connection per probe to the first parent (GET URL for http://,
-CONNECT host:port for https://), the two NTLM legs of each probe, the report cntlm prints, and
-the budget of failed logons. Must not: write anything but the report (magic_main prints it), put
-a secret in MagicResult, a log or an exception, or cost more failed logons than cntlm's probe.
+Owns: the probe order, one fresh connection per probe to the first parent (over TLS for a
+`Proxy https://` parent; GET URL for http://, CONNECT host:port for https:// URLs), the two NTLM
+legs of each probe, the report cntlm prints, and the budget of failed logons. Must not: write
+anything but the report (magic_main prints it), put a secret in MagicResult, a log or an
+exception, or cost more failed logons than cntlm's probe.
 
 Failed logons (each one counts towards the account's lockout threshold on the domain):
 - cntlm 0.92.3 (Debian) probes up to 4 profiles, so a wrong password costs 4 failed logons
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 from pycntlm import http1
 from pycntlm.auth import NtlmHandshake, offers_ntlm
 from pycntlm.config import Config, HostPort
+from pycntlm.context import parent_tls_context
 from pycntlm.creds import Credentials, from_config, missing_for
 from pycntlm.errors import ConfigError, HandshakeError, ProtocolError
+from pycntlm.exchange import why
 from pycntlm.forward import skip_body, upstream_head
 from pycntlm.http1 import Request
 from pycntlm.net import Conn, ConnectionClosed, open_conn
@@ -119,11 +123,12 @@ async def detect(config: Config, url: str, *, echo: Echo | None = None) -> Magic
     creds = _credentials(config)
     req, target, method = _request(url)
     parent = config.proxies[0]
+    tls = parent_tls_context(config) if parent.tls else None  # ConfigError: bad ProxyCAFile
     probes: list[Probe] = []
     for index, dialect in enumerate(PROFILES):
         probe = _skip(creds, index, dialect, probes)
         if probe is None:
-            probe = await _probe(config, creds, parent, index, dialect, (req, target, method))
+            probe = await _probe(config, creds, parent, tls, index, dialect, (req, target, method))
         probes.append(probe)
         if echo is not None:
             echo(_probe_line(probe))
@@ -152,6 +157,7 @@ async def _probe(
     config: Config,
     creds: Credentials,
     parent: HostPort,
+    tls: ssl.SSLContext | None,
     index: int,
     dialect: str,
     request: tuple[Request, str, str],
@@ -160,7 +166,9 @@ async def _probe(
         return Probe(index, dialect, outcome, status, text, sent)
 
     try:
-        conn = await open_conn(parent.host, parent.port, config.connect_timeout)
+        conn = await open_conn(parent.host, parent.port, config.connect_timeout, tls)
+    except ssl.SSLError as exc:  # e.g. the certificate: say so, as cntlm would say nothing
+        return result("unreachable", None, f"Connection to proxy {parent} failed ({why(exc)})")
     except (OSError, TimeoutError):
         return result("unreachable", None, f"Connection to proxy {parent} failed, bailing out")
     try:
