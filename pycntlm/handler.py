@@ -3,6 +3,12 @@
 Owns: ACL check -> read head -> route (direct / tunnel / forward) -> upstream exchange -> relay
 -> one access-log line per request; turning errors into short answers for the client.
 Must not: authenticate (session.py), parse HTTP itself (http1.py), or put secrets in any answer.
+
+-s (serialize, cntlm: "for debugging purposes only"): with the server's lock, one request at a
+time across all clients, held from its head being read until its response is relayed. A CONNECT
+tunnel (and a 101 protocol switch) gives the lock up once established: held for the tunnel's
+life, one open tunnel would block every other client until it closed (cntlm -s serializes whole
+connections and does exactly that). Keep-alive clients do not hold it between requests.
 """
 
 from __future__ import annotations
@@ -51,6 +57,25 @@ REJECTED_TEXT = (
 
 
 @dataclass
+class Turn:
+    """-s: one request's hold on the server-wide lock (None: not serializing). release() is
+    idempotent, so a tunnel can give it up early and the request's end releases it again."""
+
+    lock: asyncio.Lock | None
+    held: bool = False
+
+    async def take(self) -> None:
+        if self.lock is not None:
+            await self.lock.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held and self.lock is not None:
+            self.held = False
+            self.lock.release()
+
+
+@dataclass
 class Outcome:
     status: int = 0
     route: str = "-"
@@ -59,8 +84,8 @@ class Outcome:
     keep: bool = True
 
 
-async def serve_client(ctx: Context, client: Conn) -> None:
-    """Serve one client connection until it closes; never raises."""
+async def serve_client(ctx: Context, client: Conn, serial: asyncio.Lock | None = None) -> None:
+    """Serve one client connection until it closes; never raises. `serial`: -s's lock."""
     ip = client.peername[0]
     ctx.stats.clients_active += 1
     try:
@@ -68,7 +93,7 @@ async def serve_client(ctx: Context, client: Conn) -> None:
             log.warning("client %s denied by the Allow/Deny rules", ip)
             _answer(client, 403, "Forbidden", "pycntlm: your address is not allowed", False)
             return
-        while await _one_request(ctx, client) and not client.stop_after_response:
+        while await _one_request(ctx, client, serial) and not client.stop_after_response:
             client.idle = True
     except (ConnectionClosed, ConnectionError, TimeoutError):
         pass
@@ -80,7 +105,7 @@ async def serve_client(ctx: Context, client: Conn) -> None:
         client.close()
 
 
-async def _one_request(ctx: Context, client: Conn) -> bool:
+async def _one_request(ctx: Context, client: Conn, serial: asyncio.Lock | None) -> bool:
     """Serve one request; True when the client connection stays open for another."""
     try:
         raw = await client.read_head(
@@ -98,17 +123,20 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
     ctx.stats.requests += 1
     method, target_text = "-", "-"
     out = Outcome()
+    turn = Turn(serial)
     try:
+        await turn.take()
         req = http1.parse_request(
             raw, max_size=ctx.config.max_head_size, max_headers=ctx.config.max_headers
         )
         method, target_text = req.method, req.target
         client.last_method = method
-        out = await _route(ctx, client, req)
+        out = await _route(ctx, client, req, turn)
     except ProtocolError as exc:
         out = Outcome(exc.status, keep=False)
         _answer(client, exc.status, _reason(exc.status), f"pycntlm: {exc.message}", False)
     finally:
+        turn.release()
         ctx.stats.by_status[out.status] = ctx.stats.by_status.get(out.status, 0) + 1
         ctx.stats.by_route[out.route] = ctx.stats.by_route.get(out.route, 0) + 1
         ctx.stats.bytes_to_clients += out.sent
@@ -116,7 +144,7 @@ async def _one_request(ctx: Context, client: Conn) -> bool:
     return out.keep
 
 
-async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
+async def _route(ctx: Context, client: Conn, req: Request, turn: Turn) -> Outcome:
     target = http1.request_target(req)
     direct = ctx.noproxy.matches(target.host)
     if ctx.pac is not None and not direct:
@@ -143,7 +171,7 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
             text = f"pycntlm: CONNECT to port {target.port} is not allowed (see ConnectPorts)"
             _answer(client, 403, "Forbidden", text, keep)
             return Outcome(403, route, keep=keep)
-        return await _tunnel(ctx, client, req, target, direct)
+        return await _tunnel(ctx, client, req, target, direct, turn)
     body = await _prefetch(ctx, client, req, _body_source(ctx, client, req))
     try:
         if direct:
@@ -161,7 +189,7 @@ async def _route(ctx: Context, client: Conn, req: Request) -> Outcome:
             return _upstream_failure(ctx, client, exc2, route, keep and not _unread_body(body))
     except UpstreamError as exc:
         return _upstream_failure(ctx, client, exc, route, keep and not _unread_body(body))
-    return await _deliver(ctx, client, req, ex, route, keep)
+    return await _deliver(ctx, client, req, ex, route, keep, turn)
 
 
 async def _pac_route(ctx: Context, req: Request, target: http1.Target) -> tuple[Context, bool]:
@@ -244,7 +272,7 @@ def _unread_body(body: BodySource) -> bool:
 
 
 async def _tunnel(
-    ctx: Context, client: Conn, req: Request, target: http1.Target, direct: bool
+    ctx: Context, client: Conn, req: Request, target: http1.Target, direct: bool, turn: Turn
 ) -> Outcome:
     route = "direct" if direct else "parent"
     if direct:
@@ -261,13 +289,14 @@ async def _tunnel(
             if not ctx.config.standalone:
                 return _upstream_failure(ctx, client, exc, route, True)
             log.warning("every parent is down: tunnel to %s directly (Standalone)", target.host)
-            return await _tunnel(ctx, client, req, target, True)
+            return await _tunnel(ctx, client, req, target, True, turn)
         except UpstreamError as exc:
             return _upstream_failure(ctx, client, exc, route, True)
         parent = str(ex.up.parent)
         if not 200 <= ex.response.status < 300:
-            return await _deliver(ctx, client, req, ex, route, True)
+            return await _deliver(ctx, client, req, ex, route, True, turn)
         up = ex.up.conn
+    turn.release()  # -s: established; the tunnel must not block everyone for its whole life
     client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     ctx.stats.tunnels_active += 1
     try:
@@ -279,7 +308,7 @@ async def _tunnel(
 
 
 async def _deliver(
-    ctx: Context, client: Conn, req: Request, ex: Exchange, route: str, keep: bool
+    ctx: Context, client: Conn, req: Request, ex: Exchange, route: str, keep: bool, turn: Turn
 ) -> Outcome:
     resp = ex.response
     method = req.method
@@ -299,6 +328,7 @@ async def _deliver(
         keep = False
     parent = str(ex.up.parent) if ex.up.parent is not None else "-"
     if resp.status == 101:  # protocol switch (e.g. WebSocket over plain HTTP): relay bytes
+        turn.release()  # -s: like a tunnel, established
         client.write(client_head(resp, True))
         _, to_client = await relay(client, ex.up.conn, ctx.config.idle_timeout)
         return Outcome(101, route, parent, to_client, keep=False)

@@ -73,6 +73,8 @@ class Server:
         self._clients: set[Conn] = set()  # client connections of the HTTP proxy listeners
         self._pac_task: asyncio.Task[None] | None = None
         self._full = False  # MaxClients reached (logged once per episode)
+        # -s: one request at a time across all clients (see handler.py); None: concurrent
+        self._serial = asyncio.Lock() if ctx.config.serialize else None
         self.addresses: list[tuple[str, int]] = []
 
     async def start(
@@ -109,6 +111,8 @@ class Server:
         for addr in pending_listeners(self.ctx.config):
             log.warning("interface %s is not up yet: will listen on it once it is", addr.host)
             self._watchers.add(loop.create_task(self._listen_when_up(addr)))
+        if self._serial is not None:
+            log.warning("-s: serving one request at a time (for debugging only)")
         if self.ctx.config.listen_defaulted:
             log.warning("no Listen in the configuration: listening on 127.0.0.1:3128")
 
@@ -189,7 +193,7 @@ class Server:
             conn.close()
             return
         self._full = False
-        task = self.spawn(handler.serve_client(self.ctx, conn))
+        task = self.spawn(handler.serve_client(self.ctx, conn, self._serial))
         task.add_done_callback(lambda _t: self._clients.discard(conn))
 
     def _spawn_other(self, coro: Coroutine[Any, Any, None]) -> None:
