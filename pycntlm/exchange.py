@@ -132,11 +132,12 @@ async def send_and_read(
 
 
 async def upstream_head_of(conn: Conn, timeout: float, total: float | None = None) -> bytes | None:
-    """A response head from upstream; a malformed or oversized one is the upstream's fault."""
+    """A response head from upstream; a malformed or oversized one is the upstream's fault (502;
+    callers say "bad answer: ..." themselves, as for http1.parse_response's errors)."""
     try:
         return await conn.read_head(timeout, total)
     except ProtocolError as exc:
-        raise ProtocolError(f"bad answer: {exc.message}", 502) from None
+        raise ProtocolError(exc.message, 502) from None
 
 
 async def read_answer(
@@ -178,6 +179,8 @@ def tls_reason(exc: ssl.SSLError) -> str:
     text = _SSL_NOISE.sub("", str(exc.args[1] if len(exc.args) > 1 else exc)).strip()
     if not text and exc.reason:
         text = exc.reason.lower().replace("_", " ")
+    if exc.reason == "WRONG_VERSION_NUMBER":  # what a plain HTTP port answers to a ClientHello
+        text += " (does the parent speak TLS on this port? if not, drop https://)"
     return f"TLS: {text or type(exc).__name__}"
 
 

@@ -216,6 +216,29 @@ async def test_verify_off_works_and_is_warned_about(
     assert "NOT checked" in warned[0].getMessage()
 
 
+async def test_tls_and_plain_ports_mixed_up_are_named_clearly(
+    tmp_path: Path,
+    squid_tls: SquidTls,  # noqa: F811
+    origin: Origin,
+) -> None:
+    """https:// to a plain port, and a plain Proxy line to a TLS port: a 502 that says what
+    happened, once ("bad answer: bad answer: ..." before the fix), and failover still works."""
+    ca = squid_tls.ca_pem
+    to_plain = f"https://{squid_tls.http_parent}"
+    to_tls = f"127.0.0.1:{squid_tls.tls_port}"
+    async with running_proxy(tls_conf(to_plain, to_tls, ca=ca, auth="NTLM"), tmp_path) as proxy:
+        reply = await get(proxy.port, origin.url("/"))
+    assert reply.status == 502
+    assert (
+        f"{to_plain} (TLS: wrong version number (does the parent speak TLS on this port? "
+        f"if not, drop https://)), {to_tls} (bad answer: connection closed in the middle of a "
+        f"message head))"
+    ).encode() in reply.body
+    good = squid_tls.https_parent
+    async with running_proxy(tls_conf(to_tls, good, ca=ca, auth="NTLM"), tmp_path) as proxy:
+        assert (await get(proxy.port, origin.url("/"))).status == 200
+
+
 async def test_ipv6_target_through_squid_https_parent(
     tmp_path: Path,
     squid_tls: SquidTls,  # noqa: F811
