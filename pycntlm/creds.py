@@ -1,4 +1,4 @@
-"""Credentials: the user's identity and hashes, never the plaintext after start-up.
+"""Credentials: the user's identity and hashes; the plaintext only as a ready Basic header.
 
 Owns: Password / PassNT / PassLM / PassNTLMv2 -> real hashes (cntlm's inverted hex form undone),
 which hashes each Auth dialect needs, the `-H` output.
@@ -13,6 +13,11 @@ Hashes (MS-NLMP 3.3.1 / 3.3.2):
   printed by cntlm stay valid.
 cntlm writes every hash with each byte inverted (XOR 0xFF); we print and read that form.
 
+Basic parents (parentauth.py) need the plaintext on every request, so a plaintext password is also
+kept as the `Proxy-Authorization: Basic` value (repr=False): base64 of UTF-8 "DOMAIN\\user:password"
+when Domain is set (what Windows-backed proxies expect for a domain account), else "user:password".
+Hash-only credentials have none: a Basic-only parent then gets a clear 502.
+
 Non-ASCII passwords: cntlm widens each UTF-8 *byte* to one UTF-16 unit, which no Windows verifier
 reproduces. We hash the real UTF-16LE string (what Windows does), so for non-ASCII passwords our
 PassNT / PassNTLMv2 differ from cntlm's -H output on purpose. LMOWFv1 of non-ASCII text is not
@@ -24,6 +29,7 @@ pair of hashes, which would silently break a user whose password has that shape.
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 
@@ -58,6 +64,8 @@ class Credentials:
     lm_hash: bytes | None = field(default=None, repr=False)
     ntlmv2_hash: bytes | None = field(default=None, repr=False)
     kerberos: bool = False  # Auth GSS: the ticket cache authenticates; no hash is needed
+    # "Basic <base64>" for parents that only offer Basic; None without a plaintext password
+    basic: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         hashes = (self.nt_hash, self.lm_hash, self.ntlmv2_hash)
@@ -88,8 +96,15 @@ def ntowfv2_cntlm(nt_hash: bytes, username: str, domain: str) -> bytes:
     return hmac_md5(nt_hash, (username.upper() + domain.upper()).encode("utf-16-le"))
 
 
+def basic_value(username: str, domain: str, password: str) -> str:
+    """The `Proxy-Authorization` value for a Basic parent (see the module docstring)."""
+    login = f"{domain}\\{username}" if domain else username
+    token = base64.b64encode(f"{login}:{password}".encode("utf-8", errors="surrogatepass"))
+    return f"Basic {token.decode('ascii')}"
+
+
 def from_password(username: str, domain: str, workstation: str, password: str) -> Credentials:
-    """All three hashes from a plaintext password; the password itself is not kept."""
+    """All three hashes from a plaintext password, which is kept only as the Basic value."""
     nt = ntowfv1(password)
     return Credentials(
         username=username,
@@ -98,6 +113,7 @@ def from_password(username: str, domain: str, workstation: str, password: str) -
         nt_hash=nt,
         lm_hash=lmowfv1(password),
         ntlmv2_hash=ntowfv2_cntlm(nt, username, domain),
+        basic=basic_value(username, domain, password),
     )
 
 

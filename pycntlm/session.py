@@ -26,7 +26,7 @@ from pycntlm.exchange import (
     why,
 )
 from pycntlm.forward import upstream_head
-from pycntlm.handshake import Broken, Restart, fresh_parent
+from pycntlm.handshake import Broken, Restart, basic_on_pooled, fresh_parent, wants_basic
 from pycntlm.http1 import Request
 from pycntlm.net import Conn, open_conn
 from pycntlm.pool import PoolKey
@@ -121,6 +121,8 @@ async def _on_pooled(
     stale or wants a new handshake (the caller retries on a fresh one if it can)."""
     where = str(up.parent)
     try:
+        if wants_basic(ctx, up.parent):  # Basic authenticates each request, not the connection
+            return await basic_on_pooled(ctx, up, client, req, target, body)
         head = upstream_head(req, target, substitutions=ctx.config.headers)
         ex = await send_and_read(ctx, up, head, body, client, ctx.config.idle_timeout)
     except Stale:

@@ -99,6 +99,11 @@ class SquidInfo:
             if (method is None or entry.method == method) and (code is None or entry.code == code)
         )
 
+    def failed_logins(self) -> int:
+        """Requests squid refused although they carried a user name: each one is a login
+        attempt with a wrong password (a 407 to a request without credentials logs "-")."""
+        return sum(1 for entry in self.entries() if entry.code == 407 and entry.user != "-")
+
 
 def _parse_access_line(line: str) -> AccessEntry | None:
     fields = line.split()
