@@ -76,8 +76,12 @@ def _main(args: list[str]) -> int:
     if cfg.show_version:
         print(f"pycntlm {__version__}")
         return 0
-    redactor = logsetup.setup(verbose=cfg.verbose, quiet=cfg.quiet)
+    # -T: opened first (as cntlm, and before -U drops privileges); see log.py
+    trace = logsetup.open_trace(cfg.trace_file) if cfg.trace_file is not None else None
+    redactor = logsetup.setup(verbose=cfg.verbose, quiet=cfg.quiet, trace_fd=trace)
     redactor.add(cfg.password, cfg.pass_nt, cfg.pass_lm, cfg.pass_ntlmv2)
+    if trace is not None:
+        log.debug("pycntlm %s trace (pid %d) to %s", __version__, os.getpid(), cfg.trace_file)
     if cfg.print_hashes:
         return _print_hashes(cfg)
     if cfg.prompt_password:
@@ -305,14 +309,20 @@ def _log_to_syslog() -> None:
     from logging.handlers import SysLogHandler
 
     root = logging.getLogger("pycntlm")
-    for h in list(root.handlers):
-        root.removeHandler(h)
     try:
         handler: logging.Handler = SysLogHandler(address="/dev/log")
     except OSError:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("pycntlm[%(process)d]: %(message)s"))
     handler.addFilter(logsetup.REDACTOR)
+    for h in list(root.handlers):
+        if isinstance(h, logsetup.TraceHandler):
+            continue  # -T: the trace goes on in the daemon
+        root.removeHandler(h)
+        handler.setLevel(h.level)  # the console's level and filters (-v, -q with -T)
+        for f in h.filters:
+            if f is not logsetup.REDACTOR:
+                handler.addFilter(f)
     root.addHandler(handler)
 
 

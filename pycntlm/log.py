@@ -1,15 +1,29 @@
 """Logging set-up and redaction.
 
 Owns: handlers and formats (stderr in the foreground), the filter that scrubs secrets from every
-record. Must not: print to stdout.
+record, the -T trace file. Must not: print to stdout.
 Redaction is a second line of defence: code must not log secrets in the first place.
+
+-T FILE (cntlm: "save the debug output into a trace file ... never truncated (appended)"): every
+record down to DEBUG is appended to FILE, with or without -v, through the same redaction as the
+console; the console keeps its own level (-v, -q). cntlm instead moves stderr into the file and
+needs -v for debug lines; a trace without them would be useless. The file is opened once, before
+-U drops privileges: created 0600, appended, never through a symlink, and refused unless it is a
+regular file with one link owned by us (a looser mode on an existing file is tightened to 0600).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import stat
 import sys
+
+from pycntlm.errors import ConfigError
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _AUTH_BLOB = re.compile(
     r"((?:Proxy-)?Authori[sz]ation:?\s*\w+\s+)\S+|\b(NTLM|Negotiate|Basic)\s+[A-Za-z0-9+/=]{8,}",
@@ -58,16 +72,70 @@ class Redactor(logging.Filter):
 REDACTOR = Redactor()
 
 
-def setup(verbose: bool = False, quiet: bool = False, stream: object = None) -> Redactor:
-    """Configure the root 'pycntlm' logger: stderr, one line per record, redacted."""
+class TraceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The -T trace file: every record, redacted; kept when the console gives way to syslog."""
+
+
+def _quiet_access(record: logging.LogRecord) -> bool:
+    """-q with a trace file: the console drops access lines the trace still gets."""
+    return record.name != "pycntlm.access" or record.levelno >= logging.WARNING
+
+
+def open_trace(path: str) -> int:
+    """Open the -T file for appending (see the module docstring). ConfigError if it cannot be
+    used; the message is one line and names the file."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise ConfigError(f"-T {path}: cannot open the trace file: {why}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            why = "it is not a regular file"
+        elif st.st_uid != os.geteuid():
+            why = f"it is owned by another user (uid {st.st_uid})"
+        elif st.st_nlink != 1:
+            why = "it has other hard links"
+        else:
+            if stat.S_IMODE(st.st_mode) != 0o600:
+                os.fchmod(fd, 0o600)
+            os.set_blocking(fd, True)
+            return fd
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    os.close(fd)
+    raise ConfigError(f"-T {path}: refusing the trace file: {why}")
+
+
+def setup(
+    verbose: bool = False, quiet: bool = False, stream: object = None, trace_fd: int | None = None
+) -> Redactor:
+    """Configure the root 'pycntlm' logger: stderr, one line per record, redacted; with
+    `trace_fd` (open_trace) also every DEBUG record appended to the trace file."""
     root = logging.getLogger("pycntlm")
     root.handlers.clear()
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(REDACTOR)
     root.addHandler(handler)
     root.propagate = False
     level = logging.DEBUG if verbose else logging.INFO
-    root.setLevel(level)
-    logging.getLogger("pycntlm.access").setLevel(logging.WARNING if quiet else level)
+    access = logging.getLogger("pycntlm.access")
+    if trace_fd is None:
+        root.setLevel(level)
+        access.setLevel(logging.WARNING if quiet else level)
+        return REDACTOR
+    handler.setLevel(level)
+    if quiet:
+        handler.addFilter(_quiet_access)
+    # the handler owns the file for the life of the process
+    out = open(trace_fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)  # noqa: SIM115
+    trace = TraceHandler(out)
+    trace.setFormatter(logging.Formatter(FORMAT))
+    trace.addFilter(REDACTOR)
+    root.addHandler(trace)
+    root.setLevel(logging.DEBUG)
+    access.setLevel(logging.DEBUG)
     return REDACTOR
