@@ -1,4 +1,5 @@
-"""Debian's squid as a loopback parent proxy for tests (no auth, fake NTLM, or Basic).
+"""Debian's squid as a loopback parent proxy for tests (no auth, fake NTLM, Basic, or Kerberos
+Negotiate with fake NTLM as the second offer).
 
 Owns squid's generated configuration, its lifetime (by PID) and reading its access log. Only
 loopback clients and loopback targets are allowed; squid never resolves names through real DNS.
@@ -32,11 +33,12 @@ from .procs import (
     wait_for_text,
 )
 
-SquidMode = Literal["none", "ntlm", "basic"]
+SquidMode = Literal["none", "ntlm", "basic", "negotiate"]
 SQUID_BIN = "squid"
 HELPER_DIR = Path("/usr/lib/squid")
 NTLM_HELPER = HELPER_DIR / "ntlm_fake_auth"
 BASIC_HELPER = HELPER_DIR / "basic_ncsa_auth"
+NEGOTIATE_HELPER = HELPER_DIR / "negotiate_kerberos_auth"
 BASIC_USERS: Mapping[str, str] = {"testuser": "password"}
 # Names squid resolves itself (its own hosts_file); everything else fails fast.
 SQUID_HOSTS = ("git.test", "registry.test")
@@ -115,11 +117,20 @@ def _parse_access_line(line: str) -> AccessEntry | None:
 
 
 def _auth_lines(mode: SquidMode, directory: Path) -> list[str]:
+    ntlm = [
+        f"auth_param ntlm program {NTLM_HELPER}",
+        "auth_param ntlm children 32 startup=4 idle=2",
+        "auth_param ntlm keep_alive on",
+    ]
     if mode == "ntlm":
+        return ntlm
+    if mode == "negotiate":  # Negotiate first: squid offers the schemes in this order
+        helper = f"{NEGOTIATE_HELPER} -s GSS_C_NO_NAME -k {directory / 'http.keytab'}"
         return [
-            f"auth_param ntlm program {NTLM_HELPER}",
-            "auth_param ntlm children 32 startup=4 idle=2",
-            "auth_param ntlm keep_alive on",
+            f"auth_param negotiate program {helper} -c {directory}",
+            "auth_param negotiate children 4 startup=1 idle=1",
+            "auth_param negotiate keep_alive on",
+            *ntlm,
         ]
     if mode == "basic":
         return [
@@ -185,7 +196,7 @@ def _give_to_squid_user(directory: Path) -> None:
 
 
 def _require_tools(mode: SquidMode) -> None:
-    needed = {"ntlm": NTLM_HELPER, "basic": BASIC_HELPER}.get(mode)
+    needed = {"ntlm": NTLM_HELPER, "basic": BASIC_HELPER, "negotiate": NEGOTIATE_HELPER}.get(mode)
     if shutil.which(SQUID_BIN) is None:
         raise ServerStartError("squid is not installed (apt-get install squid)")
     if needed is not None and not needed.exists():
@@ -195,15 +206,31 @@ def _require_tools(mode: SquidMode) -> None:
 _Started = tuple[SquidInfo, subprocess.Popen[bytes]]
 
 
-def _start_once(mode: SquidMode, directory: Path, users: Mapping[str, str]) -> _Started:
+@dataclass(frozen=True)
+class SquidKerberos:
+    """What mode "negotiate" needs: the service keytab and the realm's krb5.conf (both copied
+    into squid's directory, which its helpers can read after squid drops privileges)."""
+
+    keytab: Path
+    krb5_config: Path
+
+
+def _start_once(
+    mode: SquidMode, directory: Path, users: Mapping[str, str], kerberos: SquidKerberos | None
+) -> _Started:
     port = free_port()
     conf = directory / "squid.conf"
     conf.write_text(squid_config(mode, port, directory))
     (directory / "htpasswd").write_text(_htpasswd(users))
     (directory / "hosts").write_text(_hosts_file())
+    env = None
+    if kerberos is not None:
+        shutil.copyfile(kerberos.keytab, directory / "http.keytab")
+        shutil.copyfile(kerberos.krb5_config, directory / "krb5.conf")
+        env = {**os.environ, "KRB5_CONFIG": str(directory / "krb5.conf")}
     _give_to_squid_user(directory)
     proc = start_process(
-        [SQUID_BIN, "-N", "-f", str(conf)], log_path=directory / "squid.out", cwd=directory
+        [SQUID_BIN, "-N", "-f", str(conf)], log_path=directory / "squid.out", cwd=directory, env=env
     )
     try:
         # Readiness from the log, not a probe connection: a probe would add an access-log line.
@@ -225,12 +252,14 @@ def _start_once(mode: SquidMode, directory: Path, users: Mapping[str, str]) -> _
     return info, proc
 
 
-def _start(mode: SquidMode, directory: Path, users: Mapping[str, str]) -> _Started:
+def _start(
+    mode: SquidMode, directory: Path, users: Mapping[str, str], kerberos: SquidKerberos | None
+) -> _Started:
     """Start squid, retrying with a new port when the picked one was taken meanwhile."""
     error: ServerStartError | None = None
     for _attempt in range(_START_ATTEMPTS):
         try:
-            return _start_once(mode, directory, users)
+            return _start_once(mode, directory, users, kerberos)
         except ServerStartError as exc:
             error = exc
     assert error is not None
@@ -239,16 +268,23 @@ def _start(mode: SquidMode, directory: Path, users: Mapping[str, str]) -> _Start
 
 @contextlib.contextmanager
 def squid_proxy(
-    mode: SquidMode = "ntlm", *, users: Mapping[str, str] = BASIC_USERS
+    mode: SquidMode = "ntlm",
+    *,
+    users: Mapping[str, str] = BASIC_USERS,
+    kerberos: SquidKerberos | None = None,
 ) -> Iterator[SquidInfo]:
     """Run squid on 127.0.0.1:<free port> for the block; stopped by PID afterwards.
 
     mode "none": no authentication; "ntlm": NTLM via ntlm_fake_auth (any password, no NTLMv2);
-    "basic": Basic via basic_ncsa_auth with `users` (name -> password).
+    "basic": Basic via basic_ncsa_auth with `users` (name -> password); "negotiate": Kerberos
+    via negotiate_kerberos_auth with `kerberos`'s keytab (any principal in it), then NTLM as
+    in "ntlm".
     """
     _require_tools(mode)
+    if (mode == "negotiate") != (kerberos is not None):
+        raise ValueError('squid mode "negotiate" needs kerberos=, and only it')
     with temp_dir("pycntlm-squid-") as directory:
-        info, proc = _start(mode, directory, users)
+        info, proc = _start(mode, directory, users, kerberos)
         try:
             yield info
         finally:
