@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 from proxyrun import PASS_NT, PASS_NTLMV2, RawClient, Reply, conf, get, running_proxy
 from servers.squid import SquidInfo, squid_proxy
 
+from pycntlm import config, context, server
+from pycntlm.cli import credentials_for
 from pycntlm.demo.origin import Origin
 from pycntlm.demo.parent import NtlmParent
 
@@ -207,3 +211,43 @@ async def test_ntlm_to_basic_users_log_on_to_a_basic_parent_as_themselves(
         assert rep.status == 407
     assert parent.stats.dialects == ["Basic"] * 3
     assert parent.stats.logons_failed == 1
+
+
+async def test_reload_forgets_the_basic_parent_and_rearms_the_password(
+    tmp_path: Path, origin: Origin
+) -> None:
+    path = tmp_path / "c.conf"
+    parent = NtlmParent(USERS, offer=BASIC_ONLY)
+    listen = f"Listen 127.0.0.1:{free_port()}"
+    async with parent:
+        text = conf(parent.address, creds_lines="Password wrong")
+        path.write_text(text.replace("Listen 127.0.0.1:3128", listen))
+        srv = server.Server(build(path), lambda: build(path))
+        await srv.start()
+        task = asyncio.get_running_loop().create_task(srv.serve_until_stopped(grace=1))
+        try:
+            port = srv.addresses[0][1]
+            assert (await get(port, origin.url("/"))).status == 407
+            assert (await get(port, origin.url("/"))).status == 407  # locked: not sent
+            assert parent.stats.auth_headers_seen == ["NTLM", "Basic"]
+            path.write_text(conf(parent.address).replace("Listen 127.0.0.1:3128", listen))
+            srv.reload()
+            port = srv.addresses[0][1]
+            assert (await get(port, origin.url("/"))).status == 200
+        finally:
+            srv.stop()
+            await asyncio.wait_for(task, 10)
+    # a new generation learns the parent's offer again (it may have changed with the config)
+    assert parent.stats.auth_headers_seen == ["NTLM", "Basic", "NTLM", "Basic"]
+    assert parent.stats.logons_failed == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build(path: Path) -> context.Context:
+    cfg = config.load(["-c", str(path), "-f"], default_path="/nonexistent")
+    return context.build(dataclasses.replace(cfg, password=None), credentials_for(cfg))
