@@ -141,6 +141,7 @@ def parent_tls_context(config: Config) -> ssl.SSLContext | None:
     # With a cafile, only its CAs are trusted (create_default_context skips the system's).
     tls = _with_cas(config.proxy_ca_file, config.source_path)
     tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.set_alpn_protocols(["http/1.1"])  # what we speak to the parent, whatever else it can
     if not config.proxy_tls_verify:
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE

@@ -195,7 +195,8 @@ async def test_verification_is_on_by_default_with_the_system_store(
         reply = await get(proxy.port, origin.url("/"))
     assert reply.status == 502
     assert b"(TLS: certificate verify failed: unable to get local issuer certificate)" in reply.body
-    # squid logs the failed TLS handshake, but no request reached it
+    # squid logs the failed TLS handshake (a moment later), but no request reached it
+    assert await wait_for(lambda: bool(squid_tls.info.entries()))
     assert [e.url for e in squid_tls.info.entries()] == ["error:transaction-end-before-headers"]
 
 
@@ -416,6 +417,25 @@ async def test_magic_probes_an_https_parent_over_tls(
 
 
 # ---------------------------------------------------------------- ProxyCAFile errors and reload
+
+
+def test_client_context_settings(tmp_path: Path, server_tls: TlsMaterial) -> None:
+    """One context per config, shared by derived contexts; verifying unless told otherwise."""
+    plain = config.parse_file(conf("127.0.0.1:1"), str(tmp_path / "a.conf"))
+    assert context.parent_tls_context(plain) is None
+    text = tls_conf("https://127.0.0.1:1", "127.0.0.1:2", ca=server_tls.ca_pem)
+    cfg = config.parse_file(text, str(tmp_path / "b.conf"))
+    ctx = context.build(cfg, creds.from_config(cfg, "WS"))
+    tls = ctx.parent_tls
+    assert tls is not None
+    assert (tls.verify_mode, tls.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert tls.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert len(tls.get_ca_certs()) == 1  # only ProxyCAFile's CA, not the system's
+    assert ctx.with_parents((config.HostPort("127.0.0.1", 3, tls=True),)).parent_tls is tls
+    assert ctx.for_user("u", "d", "p").parent_tls is tls
+    off = config.parse_file(text + "ProxyTLSVerify no\n", str(tmp_path / "c.conf"))
+    tls = context.parent_tls_context(off)
+    assert tls is not None and (tls.verify_mode, tls.check_hostname) == (ssl.CERT_NONE, False)
 
 
 def build_from(path: Path) -> context.Context:
