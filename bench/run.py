@@ -28,7 +28,7 @@ from bench import client, figures, procs, report, services, wrk
 from bench.client import Target
 from bench.figures import Settings, Subject
 
-CANDIDATES = ("direct", "pycntlm", "cntlm", "px")
+CANDIDATES = ("direct", "pycntlm", "cntlm", "px", "pycntlm-protocol")
 RESULTS = Path(__file__).resolve().parent / "results"
 FD_RESERVE = 500  # squid's helpers, logs and reserved descriptors
 QUICK = Settings(
@@ -228,7 +228,7 @@ def environment() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 repetition, 1000 tunnels (<2 min)")
-    p.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated candidates")
+    p.add_argument("--only", default=",".join(CANDIDATES[:4]), help="comma-separated candidates")
     p.add_argument("--reps", type=int, help="repetitions (default: quick 1, full 3)")
     p.add_argument("--tunnels", type=int, help="simultaneous tunnels (quick 1000, full 10000)")
     p.add_argument("--duration", type=float, help="seconds per req/s measurement")

@@ -181,8 +181,10 @@ def candidate_argv(
     name: str, conf: Path, port: int, squid_port: int
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if name == "pycntlm":
+    if name in ("pycntlm", "pycntlm-protocol"):
         env["PYTHONPATH"] = str(REPO)
+        if name == "pycntlm-protocol":  # the same, with the splice relay off (side by side)
+            env["PYCNTLM_SPLICE"] = "0"
         return [sys.executable, "-m", "pycntlm", "-c", str(conf), "-f"], env
     if name == "cntlm":
         if shutil.which("cntlm") is None:

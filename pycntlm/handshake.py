@@ -251,7 +251,7 @@ async def _ntlm(
 ) -> tuple[Exchange, bool | None]:
     assert ctx.creds is not None and up.parent is not None
     await attempt.enter()
-    hs = NtlmHandshake(ctx.creds, ctx.config.auth)
+    hs = NtlmHandshake(ctx.creds, ctx.config.auth, ctx.config.flags)
     resp, method = await _first_leg(ctx, up, req, target, body, hs.start())
     ctx.stats.handshakes += 1
     if resp.status != 407:  # this parent lets us through without authentication

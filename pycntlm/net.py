@@ -65,6 +65,7 @@ class Conn(asyncio.Protocol):
         self.stop_after_response = False
         self.last_method = ""  # client side: the method of the request being answered
         self.peername: tuple[str, int] = ("?", 0)
+        self.tls = False  # a TLS transport: no half-close (asyncio's cannot write_eof)
 
     # -- asyncio.Protocol callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,6 +73,7 @@ class Conn(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.tls = transport.get_extra_info("ssl_object") is not None
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peername = (str(peer[0]), int(peer[1]))
@@ -102,7 +104,9 @@ class Conn(asyncio.Protocol):
             peer._send_eof()
             self._check_relay_done()
         self._wake()
-        return True  # keep the transport open: we may still write (half-close)
+        # Keep the transport open: we may still write (half-close). A TLS transport closes
+        # itself after EOF whatever we answer (and asyncio warns if we answer True).
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True

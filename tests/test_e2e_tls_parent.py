@@ -293,21 +293,75 @@ async def test_post_as_the_first_request_on_a_fresh_tls_connection(
     assert parent.stats.logons_ok == 1 and tls_parent.stats.accepted == 1
 
 
+@pytest.mark.parametrize("graceful", [False, True], ids=["reset", "close_notify"])
 async def test_parent_dropping_an_idle_pooled_tls_connection(
     tmp_path: Path,
     server_tls: TlsMaterial,
     tls_parent: TlsFront,
     parent: NtlmParent,
     origin: Origin,
+    graceful: bool,
 ) -> None:
     """A pooled TLS connection the parent closed is noticed and replaced, not answered 502."""
     text = tls_conf(tls_parent.parent, ca=server_tls.ca_pem)
     async with running_proxy(text, tmp_path) as proxy:
         assert (await get(proxy.port, origin.url("/"))).status == 200
-        tls_parent.drop_connections()
+        tls_parent.drop_connections(graceful)
         await asyncio.sleep(0.1)
         assert (await get(proxy.port, origin.url("/"))).status == 200
     assert tls_parent.stats.accepted == 2 and parent.stats.logons_ok == 2
+
+
+async def test_no_asyncio_warning_when_a_tls_parent_closes(
+    tmp_path: Path,
+    server_tls: TlsMaterial,
+    tls_parent: TlsFront,
+    origin: Origin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A TLS parent's close_notify: no 'returning true from eof_received()' warning (a Conn on
+    a TLS transport does not ask to stay half-open), and the next request is served."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    text = tls_conf(tls_parent.parent, ca=server_tls.ca_pem)
+    async with running_proxy(text, tmp_path) as proxy:
+        assert (await get(proxy.port, origin.url("/"))).status == 200
+        tls_parent.drop_connections(graceful=True)
+        await asyncio.sleep(0.2)
+        assert (await get(proxy.port, origin.url("/"))).status == 200
+    assert "eof_received" not in caplog.text
+
+
+async def _answer_after(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A target that reads 5 bytes, waits a moment, then answers and closes."""
+    data = await asyncio.wait_for(reader.readexactly(5), 10)
+    await asyncio.sleep(0.3)
+    writer.write(b"got " + data)
+    await writer.drain()
+    writer.close()
+
+
+async def test_client_half_close_in_a_tunnel_over_a_tls_parent(
+    tmp_path: Path, server_tls: TlsMaterial, tls_parent: TlsFront
+) -> None:
+    """asyncio's TLS transports cannot half-close, so a client's EOF cannot be passed on to a
+    TLS parent (README: it stays with us); the tunnel must not be cut for it: the target's
+    later answer still reaches the client, then the tunnel ends."""
+    target = await asyncio.start_server(_answer_after, "127.0.0.1", 0)
+    port = target.sockets[0].getsockname()[1]
+    try:
+        text = tls_conf(tls_parent.parent, ca=server_tls.ca_pem)
+        async with running_proxy(text, tmp_path) as proxy:
+            client = await RawClient.connect(proxy.port)
+            try:
+                await client.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+                assert (await client.reply("CONNECT")).status == 200
+                client.writer.write(b"hello")
+                client.writer.write_eof()
+                assert await asyncio.wait_for(client.reader.read(), 5) == b"got hello"
+            finally:
+                await client.close()
+    finally:
+        target.close()
 
 
 async def test_hostname_mismatch_is_refused(

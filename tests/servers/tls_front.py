@@ -71,10 +71,14 @@ class TlsFront:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
-    def drop_connections(self) -> None:
-        """Abort every open connection (as a parent closing idle ones); keep listening."""
+    def drop_connections(self, graceful: bool = False) -> None:
+        """Close every open connection (as a parent closing idle ones; graceful: TLS
+        close_notify and FIN, else a reset); keep listening."""
         for writer in list(self._writers):
-            writer.transport.abort()
+            if graceful:
+                writer.close()
+            else:
+                writer.transport.abort()
 
     async def __aenter__(self) -> TlsFront:
         await self.start()
