@@ -337,16 +337,21 @@ def hash_value(name: str) -> Parser:
     return parse
 
 
-def number_value(name: str, cast: Callable[[str], float], low: float, low_ok: bool) -> Parser:
-    """A finite int or float (per `cast`) that is >= low (low_ok) or > low."""
+def number_value(
+    name: str, cast: Callable[[str], float], low: float, low_ok: bool, high: float = math.inf
+) -> Parser:
+    """A finite int or float (per `cast`) that is >= low (low_ok) or > low, and <= high."""
     need = f"{'an integer' if cast is int else 'a number'} {'>=' if low_ok else '>'} {low:g}"
+    if high < math.inf:
+        need += f" and <= {high:g}"
 
     def parse(value: str, warn: Warn) -> float:
         try:
             number = cast(value) if "_" not in value else math.nan
         except ValueError:
             number = math.nan
-        if not (math.isfinite(number) and (number >= low if low_ok else number > low)):
+        in_range = number >= low if low_ok else number > low
+        if not (math.isfinite(number) and in_range and number <= high):
             raise BadValue(f"{name} needs {need}, got {shown(value)}")
         return number
 

@@ -12,6 +12,7 @@ a secret in an error, a warning or repr(Config).
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ from pycntlm.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/cntlm.conf"
 DEFAULT_LISTEN_PORT = 3128
+MAX_SPARES = 32  # PoolSpare's ceiling: spares hold parent connections (and squid helpers)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Config:
     auth_backoff: float = 300.0  # AuthBackoff: seconds we stop using a rejected credential
     pool_max_idle: int = 256  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
+    pool_spare: int = 2  # PoolSpare: authenticated spares kept ready after a tunnel (spares.py)
     max_clients: int = 8192  # MaxClients: open client connections; more are answered 503
     max_head_size: int = 64 * 1024  # MaxHeadSize: bytes of one request head (431 beyond)
     max_headers: int = 128  # MaxHeaders: header fields in one request (431 beyond)
@@ -148,7 +151,7 @@ class Config:
     # Actions chosen on the command line.
     print_hashes: bool = False  # -H
     prompt_password: bool = False  # -I
-    magic_url: str | None = None  # -M (not yet implemented: warns)
+    magic_url: str | None = None  # -M URL: find the working Auth dialect (magic.py)
     check_only: bool = False  # -t / --check-config
     show_help: bool = False  # -h / --help: print usage() and exit
     show_version: bool = False  # -V / --version
@@ -334,8 +337,10 @@ class _Key:
     why_not: str = ""  # for keywords read but not implemented: the reason, shown in the warning
 
 
-def _number(name: str, field: str, cast: type[float], low: float, low_ok: bool) -> _Key:
-    return _Key(name, field, number_value(name, cast, low, low_ok))
+def _number(
+    name: str, field: str, cast: type[float], low: float, low_ok: bool, high: float = math.inf
+) -> _Key:
+    return _Key(name, field, number_value(name, cast, low, low_ok, high))
 
 
 _ISA_WHY = (
@@ -369,6 +374,7 @@ _KEY_LIST = (
     _number("AuthBackoff", "auth_backoff", float, 0, True),
     _number("PoolMaxIdle", "pool_max_idle", int, 0, True),
     _number("PoolIdleTimeout", "pool_idle_ttl", float, 0, False),
+    _number("PoolSpare", "pool_spare", int, 0, True, MAX_SPARES),
     _number("MaxClients", "max_clients", int, 1, True),
     _number("MaxHeadSize", "max_head_size", int, 1024, True),
     _number("MaxHeaders", "max_headers", int, 8, True),

@@ -94,7 +94,8 @@ def _known(ctx: Context, parent: HostPort) -> ParentAuth:
     return parent_auth(ctx.pool, parent, MEMO.forget)
 
 
-def _plan(ctx: Context, parent: HostPort) -> Plan:
+def plan(ctx: Context, parent: HostPort) -> Plan:
+    """How a fresh connection to `parent` authenticates now (parentauth.choose)."""
     return choose(ctx.config, _known(ctx, parent), lambda: kerberos_ready(parent.host))
 
 
@@ -113,7 +114,7 @@ async def fresh_parent(
     candidates: list[HostPort],
 ) -> Exchange:
     attempt = Attempt(ctx)
-    if not candidates or _plan(ctx, candidates[0]) != "kerberos":
+    if not candidates or plan(ctx, candidates[0]) != "kerberos":
         await attempt.enter()
     verdict: bool | None = None
     up: Upstream | None = None
@@ -164,22 +165,22 @@ async def _handshake(
     attempt: Attempt,
 ) -> tuple[Exchange, bool | None]:
     assert up.parent is not None
-    plan = _plan(ctx, up.parent)
-    if plan == "gss":
+    how = plan(ctx, up.parent)
+    if how == "gss":
         await attempt.enter()
         return await _kerberos(ctx, up, client, req, target, body, attempt.accepted_for_now)
-    if plan == "probe":
+    if how == "probe":
         await attempt.enter()
         resp, method = await _first_leg(ctx, up, req, target, body, None)
         if resp.status != 407:  # this parent lets us through without authentication
             return await _through(ctx, up, client, req, target, body, resp, method), True
         _known(ctx, up.parent).learn(http1.header_values(resp.headers, "Proxy-Authenticate"))
         await _reuse_or_restart(ctx, up, resp, method)
-        plan = _plan(ctx, up.parent)
-    if plan == "basic":
+        how = plan(ctx, up.parent)
+    if how == "basic":
         await attempt.enter()
         return await basic_leg(ctx, up, client, req, target, body, attempt.accepted_for_now), True
-    if plan == "kerberos":
+    if how == "kerberos":
         return await _auto_kerberos(ctx, up, client, req, target, body, attempt)
     return await _ntlm(ctx, up, client, req, target, body, attempt)
 

@@ -2,13 +2,15 @@
 
 Owns: the probe order, one fresh connection per probe to the first parent (over TLS for a
 `Proxy https://` parent; GET URL for http://, CONNECT host:port for https:// URLs), the two NTLM
-legs of each probe, the report cntlm prints, and the budget of failed logons. Must not: write
+legs of each probe, the report cntlm prints (plus our closing line: how many probes reached the
+parent and how many of them were failed logons), and the budget of failed logons. Must not: write
 anything but the report (magic_main prints it), put a secret in MagicResult, a log or an
 exception, or cost more failed logons than cntlm's probe.
 
 Failed logons (each one counts towards the account's lockout threshold on the domain):
 - cntlm 0.92.3 (Debian) probes up to 4 profiles, so a wrong password costs 4 failed logons
-  (older cntlm releases probe 11 profiles, later forks 5).
+  (older cntlm releases probe 11 profiles, later forks 5); tests/test_magic.py measures it
+  against the installed cntlm.
 - We probe PROFILES strongest first, as cntlm ranks them (NTLMv2, NTLM2SR, NT, NTLM, LM), and
   stop at the first that works. NTLM is skipped once NT was rejected: both send the same NTLMv1
   NT response, and a verifier that checks the LM response instead is found by LM. So a wrong
@@ -47,6 +49,7 @@ _HASHES = {  # the Pass* lines printed for a profile, in cntlm's order
     "NTLM": (("PassNT", "nt_hash"), ("PassLM", "lm_hash")),
     "LM": (("PassLM", "lm_hash"),),
 }
+_NOT_SENT = ("skipped", "unreachable")  # probe outcomes that put no request on the wire
 Echo = Callable[[str], None]
 
 
@@ -71,6 +74,7 @@ class MagicResult:
     probes: tuple[Probe, ...]
     found: Probe | None
     failed_logons: int  # Type 3 messages the parent did not accept
+    probes_sent: int  # probes whose request reached the parent, whatever their outcome
     open_proxy: bool  # the parent let us through without authentication
     verdict: tuple[str, ...]  # the lines printed after the probes (and the Pass* block)
 
@@ -136,9 +140,10 @@ async def detect(config: Config, url: str, *, echo: Echo | None = None) -> Magic
             break
     found = probes[-1] if probes[-1].outcome == "ok" else None
     failed = sum(1 for p in probes if p.type3_sent and p.outcome != "ok")
+    sent = sum(1 for p in probes if p.outcome not in _NOT_SENT)
     open_proxy = probes[-1].outcome == "open"
-    verdict = tuple(_verdict(found, open_proxy, failed))
-    return MagicResult(str(parent), url, tuple(probes), found, failed, open_proxy, verdict)
+    verdict = tuple(_verdict(found, open_proxy, sent, failed))
+    return MagicResult(str(parent), url, tuple(probes), found, failed, sent, open_proxy, verdict)
 
 
 def _skip(creds: Credentials, index: int, dialect: str, done: list[Probe]) -> Probe | None:
@@ -219,8 +224,12 @@ async def _legs(
     return result("ok", resp.status, f"OK (HTTP code: {resp.status})", True)
 
 
-def _verdict(found: Probe | None, open_proxy: bool, failed: int) -> list[str]:
-    cost = f"Failed logons: {failed} (at most {MAX_FAILED_LOGONS}, as cntlm 0.92.3's probe)"
+def _verdict(found: Probe | None, open_proxy: bool, sent: int, failed: int) -> list[str]:
+    logons = "failed logon" if failed == 1 else "failed logons"
+    cost = (
+        f"Probes sent: {sent} ({failed} {logons}; "
+        f"at most {MAX_FAILED_LOGONS}, as cntlm 0.92.3's probe)"
+    )
     if found is not None:
         return [cost]
     if open_proxy:

@@ -94,6 +94,9 @@ def render(ctx: Context) -> str:
         "Pooled connections reused.",
         [("", ctx.pool.reused)],
     )
+    spares = "Pre-authenticated spare connections (PoolSpare)"
+    metric("pycntlm_spares_made_total", "counter", f"{spares} made.", [("", ctx.pool.spares_made)])
+    metric("pycntlm_spares_used_total", "counter", f"{spares} used.", [("", ctx.pool.spares_used)])
     return "\n".join(out) + "\n"
 
 

@@ -66,6 +66,7 @@ class Conn(asyncio.Protocol):
         self.last_method = ""  # client side: the method of the request being answered
         self.peername: tuple[str, int] = ("?", 0)
         self.tls = False  # a TLS transport: no half-close (asyncio's cannot write_eof)
+        self.spare = False  # an authenticated spare not yet used (spares.py, pool.py)
 
     # -- asyncio.Protocol callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

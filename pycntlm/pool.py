@@ -1,12 +1,15 @@
 """Idle authenticated upstream connections, ready for reuse.
 
 Owns: bookkeeping of idle connections per key (parent + identity, or a direct target):
-reuse most-recent first, expiry, a cap per key. Must not: connect, authenticate or log secrets.
+reuse most-recent first, expiry, a cap per key, and the state of the spare-making tasks
+(spares.py makes the spares; this only tracks them, so clear() can stop them).
+Must not: connect, authenticate or log secrets.
 A key never mixes identities: an authenticated NTLM connection is bound to one user.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +33,13 @@ class Pool:
         self._idle: dict[PoolKey, deque[_Idle]] = {}
         self.reused = 0
         self.expired = 0
+        # Spares (spares.py): keys being topped up, their tasks, parents not to try until a
+        # time (clock()), and counters.
+        self.filling: set[PoolKey] = set()
+        self.spare_tasks: set[asyncio.Task[None]] = set()
+        self.spares_resting: dict[str, float] = {}
+        self.spares_made = 0
+        self.spares_used = 0
 
     def get(self, key: PoolKey) -> Conn | None:
         """The most recently returned usable connection for `key`, or None."""
@@ -39,6 +49,9 @@ class Pool:
             item = entries.pop()
             if now - item.since <= self.idle_ttl and item.conn.is_reusable():
                 self.reused += 1
+                if item.conn.spare:
+                    item.conn.spare = False
+                    self.spares_used += 1
                 return item.conn
             self.expired += 1
             item.conn.close()
@@ -81,6 +94,9 @@ class Pool:
         return sum(len(v) for k, v in self._idle.items() if k[0] == where)
 
     def clear(self) -> None:
+        """Close every idle connection and stop making spares (reload, shutdown)."""
+        for task in self.spare_tasks:
+            task.cancel()
         for entries in self._idle.values():
             for e in entries:
                 e.conn.close()

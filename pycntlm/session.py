@@ -30,6 +30,7 @@ from pycntlm.handshake import Broken, Restart, basic_on_pooled, fresh_parent, wa
 from pycntlm.http1 import Request
 from pycntlm.net import Conn, open_conn
 from pycntlm.pool import PoolKey
+from pycntlm.spares import top_up
 
 __all__ = [
     "AllParentsDown",
@@ -86,6 +87,15 @@ async def via_parent(
     ctx: Context, client: Conn | None, req: Request, target: str, body: BodySource
 ) -> Exchange:
     """Send a request through a parent. Raises AllParentsDown, AuthRejected, UpstreamError."""
+    ex = await _via_parent(ctx, client, req, target, body)
+    if req.method == "CONNECT":  # a tunnel keeps its connection: have spares for the next ones
+        top_up(ctx, ex.up.parent)
+    return ex
+
+
+async def _via_parent(
+    ctx: Context, client: Conn | None, req: Request, target: str, body: BodySource
+) -> Exchange:
     tried: list[str] = []
     restarts = 0
     for _ in range(MAX_ATTEMPTS):

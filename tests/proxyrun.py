@@ -62,10 +62,13 @@ def conf(
     creds_lines: str = "",
     extra: str = "",
     connect_ports: str = "*",
+    spares: int = 0,
 ) -> str:
     """A cntlm.conf text. Default credentials: testuser / corp-uk / password (plaintext).
-    Test servers use random ports, so CONNECT is allowed to any port unless told otherwise."""
-    lines = ["Username testuser", "Domain corp-uk", f"Auth {auth}"]
+    Test servers use random ports, so CONNECT is allowed to any port unless told otherwise.
+    No spare connections unless asked (test_e2e_spares.py): other tests count connections and
+    logons exactly, and spares made in the background would blur those counts."""
+    lines = ["Username testuser", "Domain corp-uk", f"Auth {auth}", f"PoolSpare {spares}"]
     if connect_ports:
         lines.append(f"ConnectPorts {connect_ports}")
     lines.append(creds_lines or "Password password")

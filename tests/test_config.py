@@ -123,6 +123,8 @@ VALUE_CASES: list[tuple[str, str, Any]] = [
     ("AuthBackoff 0", "auth_backoff", 0.0),
     ("PoolMaxIdle 0", "pool_max_idle", 0),
     ("PoolIdleTimeout 12.25", "pool_idle_ttl", 12.25),
+    ("PoolSpare 0", "pool_spare", 0),
+    ("PoolSpare 32", "pool_spare", 32),
 ]
 for word, truth in [("yes", True), ("No", False), ("TRUE", True), ("false", False)]:
     VALUE_CASES.append((f"Gateway {word}", "gateway", truth))
@@ -231,6 +233,8 @@ ERROR_CASES = [
     ("AuthBackoff -0.1", msg("AuthBackoff needs a number >= 0, got '-0.1'")),
     ("PoolMaxIdle -1", msg("PoolMaxIdle needs an integer >= 0, got '-1'")),
     ("PoolIdleTimeout 0", msg("PoolIdleTimeout needs a number > 0, got '0'")),
+    ("PoolSpare 33", msg("PoolSpare needs an integer >= 0 and <= 32, got '33'")),
+    ("PoolSpare -1", msg("PoolSpare needs an integer >= 0 and <= 32, got '-1'")),
     (
         'Password "unterminated',
         msg("a quoted value needs a closing '\"' followed by nothing or a # comment"),

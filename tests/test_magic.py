@@ -2,13 +2,18 @@
 
 NtlmParent's lm_compat_level expresses "NTLMv2 only" (5), "no LM" (4) and "everything" (0-3);
 PickyParent below adds what pyspnego cannot: a parent that refuses NTLMv2 but takes NTLMv1 etc.
-Every test checks the failed logons the parent counted against the number magic reports.
+Every test checks the failed logons the parent counted against the number magic reports, and
+the probes it reports sent against the connections the parent (or origin) accepted. The budget
+(at most 4 failed logons, as cntlm 0.92.3) is measured against the installed cntlm's -M.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
+from asyncio.subprocess import DEVNULL, PIPE, STDOUT
 from pathlib import Path
 
 import pytest
@@ -49,6 +54,10 @@ async def test_ntlmv2_parent_first_profile_no_failed_logon(tmp_path: Path, origi
         result = await magic.detect(cfg, origin.url("/"), echo=echoed.append)
     assert result.found is not None and result.found.dialect == "NTLMv2"
     assert result.failed_logons == parent.stats.logons_failed == 0
+    assert result.probes_sent == parent.stats.connections == 1
+    assert result.verdict == (
+        "Probes sent: 1 (0 failed logons; at most 4, as cntlm 0.92.3's probe)",
+    )
     assert echoed == list(result.probe_lines) == ["Config profile  1/5... OK (HTTP code: 200)"]
     assert magic.profile_lines(cfg, result) == [
         "----------------------------[ Profile  0 ]------",
@@ -77,8 +86,11 @@ async def test_weaker_dialects_found_in_order(
     assert result.found is not None and result.found.dialect == dialect
     assert result.failed_logons == parent.stats.logons_failed == failed
     assert parent.stats.logons_ok == 1
+    assert result.probes_sent == parent.stats.connections == failed + 1
     assert magic.profile_lines(cfg, result)[1:-1] == [f"Auth            {dialect}", *lines]
-    assert result.verdict == (f"Failed logons: {failed} (at most 4, as cntlm 0.92.3's probe)",)
+    logons = "failed logon" if failed == 1 else "failed logons"
+    cost = f"Probes sent: {failed + 1} ({failed} {logons}; at most 4, as cntlm 0.92.3's probe)"
+    assert result.verdict == (cost,)
 
 
 async def test_wrong_password_costs_at_most_four_failed_logons(tmp_path: Path) -> None:
@@ -87,6 +99,7 @@ async def test_wrong_password_costs_at_most_four_failed_logons(tmp_path: Path) -
         result = await magic.detect(cfg, URL)
     assert result.found is None
     assert result.failed_logons == parent.stats.logons_failed == magic.MAX_FAILED_LOGONS == 4
+    assert result.probes_sent == parent.stats.connections == 4  # the NTLM profile was skipped
     assert parent.stats.logons_ok == 0
     assert result.probe_lines == (
         "Config profile  1/5... Credentials rejected",
@@ -95,8 +108,27 @@ async def test_wrong_password_costs_at_most_four_failed_logons(tmp_path: Path) -
         "Config profile  4/5... Skipped (same NT response as NT)",
         "Config profile  5/5... Credentials rejected",
     )
-    assert result.verdict[1] == "Wrong credentials, invalid URL or proxy doesn't support NTLM."
+    assert result.verdict[1:] == (
+        "Wrong credentials, invalid URL or proxy doesn't support NTLM.",
+        "Probes sent: 4 (4 failed logons; at most 4, as cntlm 0.92.3's probe)",
+    )
     assert magic.profile_lines(cfg, result) == []
+
+
+async def test_failed_logon_budget_is_what_cntlm_costs(tmp_path: Path) -> None:
+    """The "at most 4, as cntlm 0.92.3's probe" of the report, measured: the installed cntlm's
+    -M with a wrong password against the same kind of parent costs as many failed logons."""
+    async with NtlmParent([USER], lm_compat_level=0) as parent:
+        argv = ["cntlm", "-c", os.devnull, "-u", "testuser", "-d", "corp-uk", "-p", "wrong"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "-M", URL, parent.address, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    profiles = re.findall(
+        r"^Config profile +\d+/(\d+)\.\.\. Credentials rejected$", out.decode(), re.M
+    )
+    assert profiles == ["4"] * 4, out
+    assert parent.stats.logons_failed == parent.stats.connections == magic.MAX_FAILED_LOGONS
 
 
 async def test_hashes_only_probe_what_they_can(tmp_path: Path) -> None:
@@ -105,6 +137,7 @@ async def test_hashes_only_probe_what_they_can(tmp_path: Path) -> None:
         result = await magic.detect(cfg, URL)
     assert result.found is None
     assert result.failed_logons == parent.stats.logons_failed == 1
+    assert result.probes_sent == parent.stats.connections == 1  # skipped probes send nothing
     assert [p.outcome for p in result.probes] == ["rejected"] + ["skipped"] * 4
     assert "needs Password or PassNT" in result.probe_lines[1]
 
@@ -122,6 +155,7 @@ async def test_open_proxy_stops_at_once(tmp_path: Path, origin: Origin) -> None:
     result = await magic.detect(cfg_for(origin.address, tmp_path), origin.url("/"))
     assert result.open_proxy and result.found is None and result.failed_logons == 0
     assert len(result.probes) == 1
+    assert result.probes_sent == origin.stats.requests == 1
     assert result.probe_lines[0].startswith("Config profile  1/5... Auth not required (HTTP code:")
     assert result.verdict[1] == "Your proxy is open, you don't need another proxy."
 
@@ -133,6 +167,7 @@ async def test_parent_without_ntlm_stops_at_once(tmp_path: Path) -> None:
         "Config profile  1/5... Proxy doesn't allow NTLM, pycntlm won't help",
     )
     assert result.failed_logons == parent.stats.logons_failed == 0
+    assert result.probes_sent == parent.stats.connections == 1
 
 
 async def test_parent_closing_after_challenge_stops_at_once(tmp_path: Path) -> None:
@@ -140,6 +175,7 @@ async def test_parent_closing_after_challenge_stops_at_once(tmp_path: Path) -> N
         result = await magic.detect(cfg_for(parent.address, tmp_path), URL)
     assert [p.outcome for p in result.probes] == ["closed"]
     assert result.failed_logons == parent.stats.logons_failed == 0
+    assert result.probes_sent == parent.stats.type1_seen == 1
 
 
 async def test_unreachable_parent(tmp_path: Path) -> None:
@@ -148,6 +184,10 @@ async def test_unreachable_parent(tmp_path: Path) -> None:
     result = await magic.detect(cfg_for(f"127.0.0.1:{free_port()}", tmp_path), URL)
     assert [p.outcome for p in result.probes] == ["unreachable"]
     assert "failed, bailing out" in result.probe_lines[0]
+    assert result.probes_sent == 0
+    assert (
+        result.verdict[-1] == "Probes sent: 0 (0 failed logons; at most 4, as cntlm 0.92.3's probe)"
+    )
 
 
 async def test_https_url_probes_with_connect(
@@ -192,5 +232,6 @@ async def test_magic_main_prints_cntlm_report(
         "Auth            NTLM2SR",
         f"PassNT          {PASS_NT}",
         "------------------------------------------------",
-        "Failed logons: 1 (at most 4, as cntlm 0.92.3's probe)",
+        "Probes sent: 2 (1 failed logon; at most 4, as cntlm 0.92.3's probe)",
     ]
+    assert parent.stats.connections == 2 and parent.stats.logons_failed == 1

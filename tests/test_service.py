@@ -108,6 +108,7 @@ def proxy_lines(parent: str, port: int, *extra: str, password: str = USER[2]) ->
         f"Password {password}",
         "Auth NTLMv2",
         "ConnectPorts *",  # test servers use random ports
+        "PoolSpare 0",  # the tests count the parents' requests exactly (test_e2e_spares.py)
         f"Proxy {parent}",
         f"Listen 127.0.0.1:{port}",
         *extra,

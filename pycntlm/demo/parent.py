@@ -4,7 +4,8 @@ demo and tests.
 Owns: being a strict corporate proxy on loopback: connection-oriented NTLM and Negotiate (raw
 NTLMSSP, SPNEGO-wrapped NTLM, and, given a keytab, raw or SPNEGO-wrapped Kerberos) verified against
 a users file or the keytab, per-request Basic, forwarding of absolute-form requests and CONNECT
-tunnels to loopback targets only, and counters for tests.
+tunnels to loopback targets only, and counters for tests (with the recent request heads and the
+workstation name of each NTLM Type 3, so tests can see what a client sent).
 Must not: listen anywhere but where it is told, connect anywhere but loopback, log or keep secrets,
 NTLM blobs or Kerberos tokens, or leave process-wide environment variables (pyspnego's, krb5's)
 changed.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import hmac
 import ipaddress
@@ -74,6 +76,10 @@ DEFAULT_OFFER = ("Negotiate", "NTLM", 'Basic realm="corp"')
 _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "upgrade"})
 _ESS = 0x00080000  # NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY
 _MAX_INTERIM = 10  # 1xx responses relayed before the final one
+_SCHEME_ONLY = frozenset({"authorization", "proxy-authorization"})  # recorded heads keep the scheme
+_TYPE3 = b"NTLMSSP\x00\x03\x00\x00\x00"
+_UNICODE = 0x00000001  # NTLMSSP_NEGOTIATE_UNICODE
+RECENT_HEADS = 64  # request heads kept in ParentStats.heads
 
 
 @dataclass
@@ -84,7 +90,11 @@ class _ConnCounter:
 
 @dataclass
 class ParentStats:
-    """Counters for tests. auth_headers_seen holds scheme names only; dialects one per logon."""
+    """Counters for tests. auth_headers_seen holds scheme names only; dialects one per logon;
+    workstations the workstation field of each raw NTLM Type 3 received (accepted or not; not
+    read from SPNEGO-wrapped tokens); heads the last RECENT_HEADS request heads read (both legs
+    of a handshake included), Authorization and Proxy-Authorization values cut to their scheme,
+    Cookie values replaced by "(redacted)"."""
 
     connections: int = 0
     requests: int = 0  # forwarded requests plus established tunnels
@@ -95,6 +105,10 @@ class ParentStats:
     auth_headers_seen: list[str] = field(default_factory=list)
     # NTLMv2 / NTLM2SR / NTLM / LM / SPNEGO (NTLM inside SPNEGO) / Kerberos / Basic
     dialects: list[str] = field(default_factory=list)
+    workstations: list[str] = field(default_factory=list)
+    heads: collections.deque[Head] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_HEADS), repr=False
+    )
     _counters: list[_ConnCounter] = field(default_factory=list, repr=False)
 
     @property
@@ -108,6 +122,8 @@ class ParentStats:
         self.logons_ok = self.logons_failed = self.type1_seen = 0
         self.auth_headers_seen.clear()
         self.dialects.clear()
+        self.workstations.clear()
+        self.heads.clear()
         self._counters = [c for c in self._counters if c.live]
         for counter in self._counters:
             counter.requests = 0
@@ -144,6 +160,28 @@ def _dialect(type3: bytes) -> str:
     if nt_len == 24:
         return "NTLM2SR" if flags & _ESS else "NTLM"
     return "LM" if lm_len else "anonymous"
+
+
+def _workstation(type3: bytes) -> str:
+    """The workstation field of an NTLM Type 3 (UTF-16LE or OEM, by its flags); "" if absent."""
+    if len(type3) < 64:
+        return ""
+    length, _, offset = struct.unpack_from("<HHI", type3, 44)
+    flags = struct.unpack_from("<I", type3, 60)[0]
+    raw = type3[offset : offset + length]
+    return raw.decode("utf-16-le" if flags & _UNICODE else "cp1252", errors="replace")
+
+
+def _redacted(head: Head) -> Head:
+    """The head as ParentStats.heads keeps it: no credential, token or cookie in it."""
+    headers = []
+    for name, value in head.headers:
+        if name.lower() in _SCHEME_ONLY:
+            value = value.strip().split(" ", 1)[0]
+        elif name.lower() == "cookie":
+            value = "(redacted)"
+        headers.append((name, value))
+    return Head(head.start, tuple(headers))
 
 
 def _logon_dialect(ctx: spnego.ContextProxy, token: bytes) -> str:
@@ -289,7 +327,9 @@ class NtlmParent:
         if initial:
             self.stats.type1_seen += 1
             conn.authed, conn.pending = False, None
-        elif conn.pending is None or conn.pending[0] != scheme:
+        elif token.startswith(_TYPE3):
+            self.stats.workstations.append(_workstation(token))
+        if not initial and (conn.pending is None or conn.pending[0] != scheme):
             return self._failed(conn, "a token that continues no handshake on this connection")
         try:
             with self._spnego_env():
@@ -363,7 +403,10 @@ class NtlmParent:
         try:
             while True:
                 head = await read_head(reader, self._timeout)
-                if head is None or not await self._handle(conn, head):
+                if head is None:
+                    break
+                self.stats.heads.append(_redacted(head))
+                if not await self._handle(conn, head):
                     break
         except ProtocolError as exc:
             with contextlib.suppress(OSError, TimeoutError):
