@@ -181,7 +181,26 @@ def burst(s: Subject, cfg: Settings) -> Metrics:
     return {"burst20_ms": 1e3 * statistics.median(times), "burst20_max_ms": 1e3 * max(times)}
 
 
+def burst_cold(s: Subject, cfg: Settings) -> Metrics:
+    """A `docker pull` on a proxy with no warm pool: one tunnel (the registry's token request),
+    a second to let spare connections be made (PoolSpare), then 3 (dockerd's default
+    max-concurrent-downloads) or 20 CONNECTs at once. Runs first, on fresh proxies."""
+
+    async def one(n: int) -> float:
+        (await client.open_tunnel(s.target)).close()
+        await asyncio.sleep(1.0)
+        return await client.burst(s.target, n)
+
+    threes = [run_async(one(3)) for _ in range(cfg.bursts)]
+    twenties = [run_async(one(cfg.burst_size)) for _ in range(cfg.bursts)]
+    return {
+        "burst3_cold_ms": 1e3 * statistics.median(threes),
+        "burst20_cold_ms": 1e3 * statistics.median(twenties),
+    }
+
+
 FIGURES: dict[str, Callable[[Subject, Settings], Metrics]] = {
+    "burst_cold": burst_cold,  # first: the proxies' pools are empty
     "tunnel_1g": tunnel_1g,
     "rps_1k_c1": rps_1k_c1,
     "rps_1k_c50": rps_1k_c50,

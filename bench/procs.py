@@ -180,12 +180,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def tree_cpu(pid: int) -> float:
-    """utime+stime in seconds of `pid` and its live descendants (all threads)."""
+    """utime+stime in seconds of `pid` and its live descendants (all threads), plus what its
+    children that have ended and been waited for used (socat forks one per connection)."""
     total = 0
     for p in [pid, *descendants(pid)]:
         fields = _stat_fields(p)
         if fields is not None:
             total += int(fields[11]) + int(fields[12])
+            if p == pid:
+                total += int(fields[13]) + int(fields[14])
     return total / CLK_TCK
 
 

@@ -28,6 +28,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("latency fresh conn p50 ms", "lat_fresh_p50_ms", "{:.2f}", False),
     ("latency fresh conn p99 ms", "lat_fresh_p99_ms", "{:.2f}", False),
     ("burst 20 CONNECTs, ms", "burst20_ms", "{:.0f}", False),
+    ("burst 20 CONNECTs after 1 tunnel, ms", "burst20_cold_ms", "{:.1f}", False),
+    ("burst 3 CONNECTs after 1 tunnel, ms", "burst3_cold_ms", "{:.1f}", False),
     ("N tunnels: opened", "held_opened", "{:.0f}", True),
     ("N tunnels: setup s", "held_setup_s", "{:.2f}", False),
     ("RSS idle at start MiB", "idle_rss_mib", "{:.1f}", False),

@@ -28,7 +28,16 @@ from bench import client, figures, procs, report, services, wrk
 from bench.client import Target
 from bench.figures import Settings, Subject
 
-CANDIDATES = ("direct", "pycntlm", "cntlm", "px", "pycntlm-protocol")
+CANDIDATES = (
+    "direct",
+    "pycntlm",
+    "cntlm",
+    "px",
+    "pycntlm-protocol",
+    "pycntlm-spare20",
+    "socat",
+    "pycntlm-base",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 FD_RESERVE = 500  # squid's helpers, logs and reserved descriptors
 QUICK = Settings(
@@ -162,9 +171,11 @@ def wrk_crosscheck(world: World, names: list[str], cfg: Settings) -> dict[str, A
     return out
 
 
-def run_figures(world: World, names: list[str], cfg: Settings, reps: int) -> report.Runs:
+def run_figures(
+    world: World, names: list[str], cfg: Settings, reps: int, only: list[str] | None = None
+) -> report.Runs:
     runs: report.Runs = []
-    figs = list(figures.FIGURES.items())
+    figs = [(n, f) for n, f in figures.FIGURES.items() if only is None or n in only]
     for rep in range(reps):
         if rep > 0:
             log(f"rep {rep + 1}: fresh squid and proxies")
@@ -229,6 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 repetition, 1000 tunnels (<2 min)")
     p.add_argument("--only", default=",".join(CANDIDATES[:4]), help="comma-separated candidates")
+    p.add_argument("--figures", help=f"comma-separated figures ({', '.join(figures.FIGURES)})")
     p.add_argument("--reps", type=int, help="repetitions (default: quick 1, full 3)")
     p.add_argument("--tunnels", type=int, help="simultaneous tunnels (quick 1000, full 10000)")
     p.add_argument("--duration", type=float, help="seconds per req/s measurement")
@@ -249,6 +261,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown_figures = set(args.figures.split(",") if args.figures else ()) - set(figures.FIGURES)
+    if unknown_figures:
+        log(f"unknown figures: {', '.join(sorted(unknown_figures))}")
+        return 2
     unknown = set(names) - set(CANDIDATES)
     if unknown:
         log(f"unknown candidates: {', '.join(sorted(unknown))} (known: {', '.join(CANDIDATES)})")
@@ -290,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         payload["ceiling"] = ceiling(world, cfg)
         log(f"  {payload['ceiling']}")
         log(f"figures from {_since(started_at)}")
-        runs = run_figures(world, names, cfg, reps)
+        only = args.figures.split(",") if args.figures else None
+        runs = run_figures(world, names, cfg, reps, only)
         if args.wrk:
             payload["wrk_c50_rps"] = wrk_crosscheck(world, names, cfg)
     finally:

@@ -161,6 +161,10 @@ def cntlm_conf(squid_port: int, listen_port: int, origin_port: int) -> str:
     )
 
 
+# pycntlm variants measured side by side with the default (PYCNTLM_SPLICE=0 is set in argv).
+VARIANTS = {"pycntlm-spare20": "PoolSpare 20\n"}
+
+
 def px_binary() -> Path | None:
     for venv in PX_VENV_DIRS:
         if (venv / "bin" / "px").exists():
@@ -181,11 +185,22 @@ def candidate_argv(
     name: str, conf: Path, port: int, squid_port: int
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if name in ("pycntlm", "pycntlm-protocol"):
+    if name.startswith("pycntlm"):
         env["PYTHONPATH"] = str(REPO)
+        if name == "pycntlm-base":  # another checkout (e.g. git worktree add DIR main~3)
+            base = os.environ.get("PYCNTLM_BASE")
+            if not base:
+                raise StartError("pycntlm-base needs PYCNTLM_BASE=<a checkout of pycntlm>")
+            env["PYTHONPATH"] = base
         if name == "pycntlm-protocol":  # the same, with the splice relay off (side by side)
             env["PYCNTLM_SPLICE"] = "0"
         return [sys.executable, "-m", "pycntlm", "-c", str(conf), "-f"], env
+    if name == "socat":  # a C relay with no NTLM: the client authenticates through it
+        if shutil.which("socat") is None:
+            raise StartError("socat is not installed (apt-get install -y socat)")
+        listen = f"TCP-LISTEN:{port},bind={LOOPBACK},fork,reuseaddr,backlog=4096"
+        # -b: 256 KiB reads, as pycntlm's relay (socat's default of 8 KiB costs it ~2x the CPU)
+        return ["socat", "-b", "262144", listen, f"TCP:{LOOPBACK}:{squid_port}"], env
     if name == "cntlm":
         if shutil.which("cntlm") is None:
             raise StartError("cntlm is not installed (apt-get install -y cntlm)")
@@ -217,7 +232,7 @@ def start_candidate(name: str, root: Path, squid_port: int, origin_port: int) ->
         return Endpoint("direct", squid_port, ntlm=True)
     port = free_port()
     conf = root / f"{name}.conf"
-    conf.write_text(cntlm_conf(squid_port, port, origin_port))
+    conf.write_text(cntlm_conf(squid_port, port, origin_port) + VARIANTS.get(name, ""))
     conf.chmod(0o600)
     argv, env = candidate_argv(name, conf, port, squid_port)
     proc = start(name, argv, root / f"{name}.log", env=env, cwd=root)
@@ -226,4 +241,4 @@ def start_candidate(name: str, root: Path, squid_port: int, origin_port: int) ->
     except BaseException:
         proc.stop()
         raise
-    return Endpoint(name, port, pid=proc.pid, proc=proc)
+    return Endpoint(name, port, ntlm=name == "socat", pid=proc.pid, proc=proc)

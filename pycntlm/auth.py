@@ -17,7 +17,8 @@ Dialects (as cntlm, with two deliberate fixes marked *):
   NT       * the real NTLMv1 NT response (cntlm sends all zeroes, which verifiers reject); LM = NT.
   LM       LM response only.
 The domain is always sent upper-cased: * the NTLMv2 key is made with upper(domain) (see creds.py),
-so a standard verifier, which keys on the domain as sent, computes the same key.
+so a standard verifier, which keys on the domain as sent, computes the same key. The workstation
+is sent upper-cased too (a NetBIOS name), in the Type 1 and the Type 3, as cntlm 0.92.3 does.
 
 Flags / -F (cntlm: "Modify NTLM authentication flags. For experts only"): the given word is sent
 verbatim as the Type 1 flags, whatever the Auth dialect, even when it makes no sense for it (no
@@ -309,7 +310,9 @@ def build_type3(
             responses.nt,
             domain_name=creds.domain.upper() or None,
             username=creds.username or None,
-            workstation=creds.workstation or None,
+            # upper-cased where a message is built (as in build_type1), so Credentials keep the
+            # name as configured; no response depends on it (the spec vectors stay as they are)
+            workstation=creds.workstation.upper() or None,
         )
         packed: bytes = message.pack()
     except UnicodeEncodeError:

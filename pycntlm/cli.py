@@ -41,6 +41,15 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         runner.run(main())
 
 
+async def _batched_log(serving: Coroutine[Any, Any, None]) -> None:
+    """Serve with access lines written in batches (log.ConsoleHandler), flushed at the end."""
+    logsetup.batch_access_lines(asyncio.get_running_loop().call_later)
+    try:
+        await serving
+    finally:
+        logsetup.batch_access_lines(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -129,7 +138,7 @@ def _main(args: list[str]) -> int:
         def reload() -> context.Context:
             return _reload(args, redactor)
 
-        run_loop(lambda: server.run(ctx, reload, sockets, frontend_bound))
+        run_loop(lambda: _batched_log(server.run(ctx, reload, sockets, frontend_bound)))
     finally:
         if cfg.pidfile:
             with contextlib.suppress(OSError):

@@ -165,7 +165,7 @@ Options mirror cntlm; command-line values override the config file.
   -p <password>        Account password (prefer PassNT/PassLM/PassNTLMv2 or -I).
   -I                   Prompt for the password.
   -H                   Print password hashes for the config file and exit.
-  -a <auth>            NTLMv2 (default), NTLM2SR, NTLM, NT or LM.
+  -a <auth>            NTLMv2 (default), NTLM2SR, NTLM, NT, LM, or GSS (Kerberos).
   -w <workstation>     NetBIOS workstation name to send (default: host name).
   -l [<addr>:]<port>   Listen address (repeatable; also [v6]:port or iface:port).
   -g                   Gateway mode: listen on all interfaces for port-only Listen.
@@ -185,8 +185,12 @@ Options mirror cntlm; command-line values override the config file.
   -L [saddr:]lport:rhost:rport   Tunnel: forward a local port through the parent.
   -O [saddr:]port      SOCKS5 proxy listener.   -R user:pass   a SOCKS5 account.
   -M <url>             Detect the strongest NTLM dialect that works and print its config.
-  Accepted for cntlm compatibility, not implemented (a warning says so):
-  -F <flags>, -G <pattern>, -S <size>, -s, -T <file>
+  -F <flags>           NTLM flags to send in the Type 1 instead of ours (experts only).
+  -s                   Serialize: one request at a time (debugging; tunnels once open don't
+                       hold the others up).
+  -T <file>            Append every debug record (redacted) to this trace file (0600).
+  Accepted for cntlm compatibility, not supported (a warning says why):
+  -G <pattern>, -S <size> (ISA Server's download scanner; ISA/TMG reached end of life in 2020)
 """
 
 

@@ -2,7 +2,8 @@
 
 Owns: the Config types; the keyword table (keyword -> field, parser, single or multi-valued,
 implemented or not); cntlm's precedence (file: first value wins; command line: last value wins
-and beats the file, its list items go first, its -A/-D replace the file's ACL); `file:line:`
+and beats the file, its list items go first, its -A/-D replace the file's ACL; one Header per
+name, chosen by the same rules); `file:line:`
 errors; warnings for unknown, duplicate and unsupported keys; the default Listen.
 Text syntax (flags, lines, quoting, value formats) lives in cliflags.py.
 Must not: do I/O beyond reading the config file it is given, prompt, touch the network, or put
@@ -129,7 +130,7 @@ class Config:
     auth_backoff: float = 300.0  # AuthBackoff: seconds we stop using a rejected credential
     pool_max_idle: int = 256  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
-    pool_spare: int = 2  # PoolSpare: authenticated spares kept ready after a tunnel (spares.py)
+    pool_spare: int = 3  # PoolSpare: spares kept ready after a tunnel (3: dockerd downloads 3)
     max_clients: int = 8192  # MaxClients: open client connections; more are answered 503
     max_head_size: int = 64 * 1024  # MaxHeadSize: bytes of one request head (431 beyond)
     max_headers: int = 128  # MaxHeaders: header fields in one request (431 beyond)
@@ -333,6 +334,9 @@ class _Key:
     field: str | None
     parse: Parser = text_value
     multi: bool = False
+    # Multi-valued items that name something (Header's field name): one item per name, the
+    # names compared case-insensitively, chosen like a single value (see _add_items).
+    item_name: Callable[[Any], str] | None = None
     implemented: bool = True
     why_not: str = ""  # for keywords read but not implemented: the reason, shown in the warning
 
@@ -363,7 +367,7 @@ _KEY_LIST = (
     _Key("Gateway", "gateway", bool_value("Gateway")),
     _Key("Allow", "acl", _acl(True), multi=True),
     _Key("Deny", "acl", _acl(False), multi=True),
-    _Key("Header", "headers", header_value, multi=True),
+    _Key("Header", "headers", header_value, multi=True, item_name=lambda item: str(item[0])),
     _Key("PidFile", "pidfile"),
     _Key("ConnectPorts", "connect_ports", _ports, multi=True),
     _number("ConnectTimeout", "connect_timeout", float, 0, False),
@@ -399,6 +403,7 @@ _KEY_LIST = (
 )
 _KEYS = {key.name.lower(): key for key in _KEY_LIST}
 _MULTI_FIELDS = tuple(dict.fromkeys(k.field for k in _KEY_LIST if k.multi and k.field))
+_ITEM_NAMES = {k.field: k.item_name for k in _KEY_LIST if k.item_name and k.field}
 _HASH_FIELDS = (("PassNT", "pass_nt"), ("PassLM", "pass_lm"), ("PassNTLMv2", "pass_ntlmv2"))
 
 
@@ -429,6 +434,7 @@ class _Acc:
     singles: dict[str, Any] = field(default_factory=dict)
     first_line: dict[str, int] = field(default_factory=dict)
     multis: dict[str, list[Any]] = field(default_factory=dict)
+    item_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (field, name) -> line
     warnings: list[str] = field(default_factory=list)
 
 
@@ -458,10 +464,37 @@ def _apply(acc: _Acc, keyword: str, value: str | None, where: _Where, first_wins
     except BadValue as exc:
         raise where.error(str(exc)) from None
     if key.multi:
-        acc.multis.setdefault(key.field, []).extend(parsed)
+        _add_items(acc, key, key.field, parsed, where, first_wins)
     else:
         acc.singles[key.field] = parsed
         acc.first_line.setdefault(key.field, where.line or 0)
+
+
+def _add_items(
+    acc: _Acc, key: _Key, target: str, items: tuple[Any, ...], where: _Where, first_wins: bool
+) -> None:
+    """Append a multi-valued keyword's items. Items that name something keep one per name, as
+    cntlm sends one Header field per name: in the file the first wins (later ones are reported),
+    on the command line the last."""
+    kept = acc.multis.setdefault(target, [])
+    if key.item_name is None:
+        kept.extend(items)
+        return
+    for item in items:
+        name = key.item_name(item)
+        lowered = name.lower()
+        first = acc.item_lines.get((target, lowered))
+        if first is not None and first_wins:
+            acc.warnings.append(
+                where.text(
+                    f"duplicate '{key.name} {name}' ignored (first value from line {first} is used)"
+                )
+            )
+            continue
+        if first is not None:
+            kept[:] = [old for old in kept if key.item_name(old).lower() != lowered]
+        kept.append(item)
+        acc.item_lines[(target, lowered)] = where.line or 0
 
 
 # ---------------------------------------------------------------- merging and the public API
@@ -476,7 +509,8 @@ def _read_file(text: str, path: str) -> _Acc:
 
 def _combine(cli: _Acc, file: _Acc) -> tuple[dict[str, Any], list[str]]:
     """cntlm's precedence: CLI single values beat the file's; CLI list items go first; any
-    CLI Allow/Deny replaces all of the file's."""
+    CLI Allow/Deny replaces all of the file's; a CLI item that names something (-r Header)
+    replaces the file's items of that name."""
     values: dict[str, Any] = {**file.singles, **cli.singles}
     notes: list[str] = []
     for name in _MULTI_FIELDS:
@@ -484,6 +518,10 @@ def _combine(cli: _Acc, file: _Acc) -> tuple[dict[str, Any], list[str]]:
         if name == "acl" and ours and theirs:
             notes.append(f"-A/-D replace the {len(theirs)} Allow/Deny rule(s) of the config file")
             theirs = []
+        item_name = _ITEM_NAMES.get(name)
+        if item_name is not None:
+            given = {item_name(item).lower() for item in ours}
+            theirs = [item for item in theirs if item_name(item).lower() not in given]
         values[name] = tuple(ours + theirs)
     return values, notes
 

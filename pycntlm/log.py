@@ -20,10 +20,14 @@ import os
 import re
 import stat
 import sys
+import threading
+from collections.abc import Callable
 
 from pycntlm.errors import ConfigError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ACCESS_DELAY = 0.05  # access lines reach stderr at most this late, many in one write
+ACCESS_BATCH = 256  # ... or as soon as this many wait
 
 _AUTH_BLOB = re.compile(
     r"((?:Proxy-)?Authori[sz]ation:?\s*\w+\s+)\S+|\b(NTLM|Negotiate|Basic)\s+[A-Za-z0-9+/=]{8,}",
@@ -72,6 +76,65 @@ class Redactor(logging.Filter):
 REDACTOR = Redactor()
 
 
+Later = Callable[[float, Callable[[], None]], object]  # an event loop's call_later
+
+
+class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, one line per record. Once batch() gave it the event loop's call_later, access
+    lines (one per request: the hot path) are gathered and written together at most
+    ACCESS_DELAY later (one write syscall for many); any other record is written at once,
+    after the gathered lines, so the order is kept. flush() (also at exit) writes what waits."""
+
+    def __init__(self, stream: object) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._guard = threading.Lock()  # _pending (records may come from other threads)
+        self._later: Later | None = None
+        self._thread = 0
+
+    def batch(self, later: Later | None) -> None:
+        """Gather access lines on the calling thread's event loop (None: stop, flush)."""
+        self.flush()
+        self._later, self._thread = later, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        gather = (
+            self._later is not None
+            and record.name == "pycntlm.access"
+            and threading.get_ident() == self._thread
+        )
+        with self._guard:
+            self._pending.append(line)
+            waiting = len(self._pending)
+        if not gather or waiting >= ACCESS_BATCH:
+            self.flush()
+        elif waiting == 1 and self._later is not None:
+            self._later(ACCESS_DELAY, self.flush)
+
+    def flush(self) -> None:
+        with self._guard:
+            if not self._pending:
+                return
+            text, self._pending = "".join(self._pending), []
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:  # a closed or broken stderr must not break serving
+                pass
+
+
+def batch_access_lines(later: Later | None) -> None:
+    """Start (an event loop's call_later) or stop (None) gathering access lines on stderr."""
+    for handler in logging.getLogger("pycntlm").handlers:
+        if isinstance(handler, ConsoleHandler):
+            handler.batch(later)
+
+
 class TraceHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The -T trace file: every record, redacted; kept when the console gives way to syslog."""
 
@@ -116,7 +179,7 @@ def setup(
     `trace_fd` (open_trace) also every DEBUG record appended to the trace file."""
     root = logging.getLogger("pycntlm")
     root.handlers.clear()
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = ConsoleHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(REDACTOR)
     root.addHandler(handler)

@@ -332,7 +332,8 @@ class PacSource:
     refresh() fetches (directly: no proxy from the environment; If-None-Match /
     If-Modified-Since; at most max_bytes) and recompiles when the text or myIpAddress changed.
     When fetching or compiling fails, `engine` stays the last good one and `last_error` says
-    why. The lead awaits refresh() once at start-up and runs run(interval) as a task.
+    why. The lead awaits refresh() once at start-up and runs run(interval) as a task; on a
+    reload the new source starts from the old one's last good copy (inherit).
     """
 
     def __init__(
@@ -352,6 +353,25 @@ class PacSource:
         self.last_error: str | None = None
         self.my_ip = my_ip
         self._validators: dict[str, str] = {}
+
+    def inherit(self, previous: PacSource) -> None:
+        """Start from `previous`'s last good copy (a reload): its engine, used until a refresh
+        of this source succeeds, and, for the same location, the validators that let that
+        refresh be answered 304 Not Modified."""
+        if self.engine is not None or previous.engine is None:
+            return
+        self.engine = previous.engine
+        if previous.location == self.location:
+            self._validators = dict(previous._validators)
+
+    async def load(self, within: float) -> bool:
+        """refresh(), given up after `within` seconds in all (fetch, myIpAddress, the names the
+        file resolves while loading, compiling): a reload waits for it."""
+        try:
+            async with asyncio.timeout(within):
+                return await self.refresh()
+        except TimeoutError:
+            return self._failed(f"not loaded within {within:g} s")
 
     async def _fetch_url(self) -> tuple[bytes | None, dict[str, str]]:
         """The body (None when the server answers 304 Not Modified) and its validators."""

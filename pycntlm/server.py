@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycntlm import handler, http1
 from pycntlm.config import Config, ListenAddr
@@ -33,11 +33,15 @@ from pycntlm.listeners import (
 )
 from pycntlm.net import Conn
 
+if TYPE_CHECKING:
+    from pycntlm.pac import PacSource
+
 __all__ = ["Server", "bind_listeners", "describe", "preload", "run"]
 
 log = logging.getLogger("pycntlm")
 
 PAC_REFRESH = 900.0  # seconds between PAC file refreshes
+PAC_RELOAD_WAIT = 15.0  # seconds a reload waits for a new Pac location before switching anyway
 WATCH_SECONDS = 5.0  # how often the pool is pruned and the config file's mtime is checked
 GRACE_SECONDS = 10.0
 FULL_TEXT = "pycntlm: too many clients right now (MaxClients); try again shortly"
@@ -72,6 +76,7 @@ class Server:
         self._status: list[Any] = []
         self._clients: set[Conn] = set()  # client connections of the HTTP proxy listeners
         self._pac_task: asyncio.Task[None] | None = None
+        self._reloads = 0  # a reload waiting for its PAC file switches only if still the last
         self._full = False  # MaxClients reached (logged once per episode)
         # -s: one request at a time across all clients (see handler.py); None: concurrent
         self._serial = asyncio.Lock() if ctx.config.serialize else None
@@ -119,18 +124,25 @@ class Server:
     async def _start_pac(self, ctx: Context) -> None:
         """Load the PAC file before serving, then refresh it every PAC_REFRESH seconds (the
         last good copy stays in use when a refresh fails)."""
+        if ctx.pac is None:
+            return
+        _log_pac(ctx.pac, await ctx.pac.refresh())
+        self._keep_fresh(ctx.pac)
+
+    def _keep_fresh(self, pac: PacSource | None, now: bool = False) -> None:
+        """Refresh `pac` in the background (at once when `now`, then every PAC_REFRESH
+        seconds), instead of the PAC source refreshed so far."""
         if self._pac_task is not None:
             self._pac_task.cancel()
             self._pac_task = None
-        if ctx.pac is None:
-            return
-        if await ctx.pac.refresh():
-            log.info("PAC file %s loaded", ctx.pac.location)
-        else:
-            log.error(
-                "PAC file %s: %s; using the Proxy lines", ctx.pac.location, ctx.pac.last_error
-            )
-        self._pac_task = asyncio.get_running_loop().create_task(ctx.pac.run(PAC_REFRESH))
+        if pac is not None:
+            self._pac_task = asyncio.get_running_loop().create_task(self._refreshing(pac, now))
+
+    @staticmethod
+    async def _refreshing(pac: PacSource, now: bool) -> None:
+        if now:
+            _log_pac(pac, await pac.refresh())
+        await pac.run(PAC_REFRESH)
 
     async def _start_status(self) -> None:
         if not self.ctx.config.status_listen:
@@ -208,6 +220,10 @@ class Server:
         return task
 
     def reload(self) -> None:
+        """Build a new Context from the config source and switch to it. With the same Pac
+        location the new one starts from the PAC file's last good copy and refreshes it in the
+        background; a new Pac location is loaded first (at most PAC_RELOAD_WAIT seconds, the
+        running configuration serving meanwhile), so no request misses the PAC."""
         if self._reload is None:
             return
         try:
@@ -215,21 +231,55 @@ class Server:
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        self._reloads += 1
+        running = self.ctx.pac
+        if new.pac is None:
+            self._switch(new)
+            self._keep_fresh(None)
+        elif running is not None and running.location == new.pac.location:
+            new.pac.inherit(running)
+            self._switch(new)
+            self._keep_fresh(new.pac, now=True)
+        else:
+            self._watch(self._switch_once_loaded(new, new.pac, self._reloads))
+
+    async def _switch_once_loaded(self, new: Context, pac: PacSource, reload: int) -> None:
+        """Load a new Pac location, then switch to `new` unless a later reload came first."""
+        log.info("reload: loading PAC file %s before switching", pac.location)
+        loaded = await pac.load(PAC_RELOAD_WAIT)
+        if reload != self._reloads:
+            log.info("reload: PAC file %s: superseded by a later reload", pac.location)
+            return
+        previous = self.ctx.pac
+        if not loaded and previous is not None and previous.engine is not None:
+            pac.inherit(previous)  # its engine, until a refresh of the new location succeeds
+            log.error(
+                "PAC file %s: %s; keeping the previous PAC file %s until it loads",
+                pac.location,
+                pac.last_error,
+                previous.location,
+            )
+        else:
+            _log_pac(pac, loaded)
+        self._switch(new)
+        self._keep_fresh(pac)
+
+    def _switch(self, new: Context) -> None:
         old = self.ctx
         self.ctx = new
         old.pool.clear()
         log.info("configuration reloaded; credentials re-armed")
-        if new.pac is not None or old.pac is not None:
-            task = asyncio.get_running_loop().create_task(self._start_pac(new))
-            self._watchers.add(task)
-            task.add_done_callback(self._watchers.discard)
         if (
             set(old.config.listen) != set(new.config.listen)
             or old.config.gateway != new.config.gateway
         ):
-            task = asyncio.get_running_loop().create_task(self._relisten(old.config, new.config))
-            self._watchers.add(task)
-            task.add_done_callback(self._watchers.discard)
+            self._watch(self._relisten(old.config, new.config))
+
+    def _watch(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a reload's background work as a tracked task (cancelled at shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _relisten(self, old: Config, new: Config) -> None:
         """Apply changed Listen lines: stop listening where a line went away (open connections
@@ -322,6 +372,14 @@ class Server:
         for runner in self._status:
             await runner.cleanup()
         self.ctx.pool.clear()
+
+
+def _log_pac(pac: PacSource, loaded: bool) -> None:
+    if loaded:
+        log.info("PAC file %s loaded", pac.location)
+    else:
+        kept = "using its last good copy" if pac.engine is not None else "using the Proxy lines"
+        log.error("PAC file %s: %s; %s", pac.location, pac.last_error, kept)
 
 
 def preload(config: Config) -> None:

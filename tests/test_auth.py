@@ -183,7 +183,7 @@ def test_acceptor_verifies(
     auth = _handshake(NtlmHandshake(_creds(dialect, **FORMS[form]), dialect), acceptor)
     assert acceptor.complete
     assert acceptor.client_principal == "CORP-UK\\testuser"
-    assert (auth.user_name, auth.domain_name, auth.workstation) == (USER, "CORP-UK", "myhost")
+    assert (auth.user_name, auth.domain_name, auth.workstation) == (USER, "CORP-UK", "MYHOST")
     assert auth.flags & NegotiateFlags.unicode
     ess = bool(auth.flags & NegotiateFlags.extended_session_security)
     assert ess == (dialect in ("NTLMv2", "NTLM2SR"))
@@ -286,6 +286,18 @@ def test_oem_only_parent_gets_oem_names() -> None:
     hs.start()
     with pytest.raises(HandshakeError, match="Unicode"):
         hs.respond([_ntlm(oem)])
+
+
+@pytest.mark.parametrize("text", [NegotiateFlags.unicode, NegotiateFlags.oem], ids=["u", "oem"])
+def test_workstation_is_sent_upper_cased_as_cntlm_does(text: NegotiateFlags) -> None:
+    # cntlm 0.92.3 (measured) sends the workstation upper-cased; Credentials keep it as written
+    creds = Credentials("User", "Domain", "MyBox", nt_hash=SPEC_NTOWFV1)
+    challenge = Challenge(text | NegotiateFlags.ntlm, SERVER_CHALLENGE).pack()
+    hs = NtlmHandshake(creds, "NTLM")
+    hs.start()
+    auth = Authenticate.unpack(_b64(hs.respond([_ntlm(challenge)])))
+    assert (auth.domain_name, auth.workstation) == ("DOMAIN", "MYBOX")
+    assert creds.workstation == "MyBox"
 
 
 # ---- choosing the challenge, and hostile input ----------------------------------------------

@@ -414,6 +414,33 @@ def test_cli_lists_go_before_file_lists(tmp_path: Path) -> None:
     assert cfg.tunnels == ("3:b:4", "1:a:2")
 
 
+def test_file_header_lines_one_per_name_first_wins_with_warning() -> None:
+    cfg = parse("Header X-A: 1\nHeader User-Agent: F/1\nHeader x-a: 2\nHeader X-A:3\n")
+    assert cfg.headers == (("X-A", "1"), ("User-Agent", "F/1"))
+    assert cfg.warnings == (
+        msg("duplicate 'Header x-a' ignored (first value from line 1 is used)", 3),
+        msg("duplicate 'Header X-A' ignored (first value from line 1 is used)", 4),
+    )
+
+
+def test_dash_r_one_per_name_last_wins() -> None:
+    cfg = load("-r", "X-A: 1", "-r", "X-B: 2", "-r", "x-a: 3")
+    assert cfg.headers == (("X-B", "2"), ("x-a", "3"))
+    assert cfg.warnings == ()
+
+
+def test_dash_r_replaces_the_file_header_of_its_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "Header User-Agent: File/1.0\nHeader X-File: 1\nHeader X-A: f\n")
+    cfg = load("-c", path, "-r", "user-agent: Cli/1.0", "-r", "X-Cli: 2")
+    assert cfg.headers == (
+        ("user-agent", "Cli/1.0"),
+        ("X-Cli", "2"),
+        ("X-File", "1"),
+        ("X-A", "f"),
+    )
+    assert cfg.warnings == ()
+
+
 def test_cli_acl_replaces_all_file_acl(tmp_path: Path) -> None:
     path = write(tmp_path, "Allow 127.0.0.1\nDeny 0/0\n")
     cfg = load("-c", path, "-D", "10.0.0.0/8", "-A", "0/0")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from proxyrun import get, running_proxy
 
@@ -207,14 +208,11 @@ async def reloadable_proxy(text: str, tmp_path: Path) -> AsyncIterator[tuple[ser
         await asyncio.wait_for(task, 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a reload builds a new PacSource (context.build) with no engine, so when the "
-    "PAC server is down the last good copy is lost and requests follow the Proxy lines",
-)
 async def test_pac_url_reload_with_the_server_down_keeps_the_last_good_copy(
     tmp_path: Path, parent: NtlmParent, parent2: NtlmParent, origin: Origin
 ) -> None:
+    """A regression: the reloaded context's PacSource started empty, so with the PAC server
+    down requests followed the Proxy lines."""
     async with pac_server(routes_to(parent.address)) as pac:
         text = CREDS + f"Proxy {parent2.address}\nPac {pac.url}\n"
         async with reloadable_proxy(text, tmp_path) as (srv, port):
@@ -233,15 +231,11 @@ async def test_pac_url_reload_with_the_server_down_keeps_the_last_good_copy(
     assert (parent.stats.requests, parent2.stats.requests) == (2, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a reload swaps in the new context before its PAC file is fetched "
-    "(server.reload starts the fetch in a task); until the fetch ends, requests follow the "
-    "Proxy lines",
-)
 async def test_pac_url_requests_during_a_reload_still_follow_the_pac(
     tmp_path: Path, parent: NtlmParent, parent2: NtlmParent, origin: Origin
 ) -> None:
+    """A regression: the reload switched to a context whose PAC file was not fetched yet, so
+    until the fetch ended requests followed the Proxy lines."""
     async with pac_server(routes_to(parent.address)) as pac:
         text = CREDS + f"Proxy {parent2.address}\nPac {pac.url}\n"
         async with reloadable_proxy(text, tmp_path) as (srv, port):
@@ -253,4 +247,61 @@ async def test_pac_url_requests_during_a_reload_still_follow_the_pac(
             finally:
                 pac.answering.set()
     assert pac.fetches == 2
+    assert (parent.stats.requests, parent2.stats.requests) == (2, 0)
+
+
+def repoint_pac(tmp_path: Path, url: str) -> None:
+    """Point the Pac line of reloadable_proxy's file at `url`, keeping its mtime so that only
+    srv.reload() reloads it (not the housekeeping's mtime check)."""
+    path = tmp_path / "cntlm.conf"
+    before = path.stat()
+    path.write_text(re.sub(r"^Pac .*$", f"Pac {url}", path.read_text(), flags=re.M))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+async def switched(srv: server.Server, old: context.Context) -> None:
+    async with asyncio.timeout(10):
+        while srv.ctx is old:
+            await asyncio.sleep(0.02)
+
+
+async def test_pac_url_reload_to_a_new_location_loads_it_before_switching(
+    tmp_path: Path, parent: NtlmParent, parent2: NtlmParent, origin: Origin
+) -> None:
+    dead = f"127.0.0.1:{dead_port()}"  # the Proxy line: a request that follows it fails
+    async with (
+        pac_server(routes_to(parent.address)) as pac,
+        pac_server(routes_to(parent2.address)) as pac2,
+    ):
+        text = CREDS + f"Proxy {dead}\nPac {pac.url}\n"
+        async with reloadable_proxy(text, tmp_path) as (srv, port):
+            assert (await get(port, origin.url("/"))).status == 200
+            pac2.answering.clear()
+            repoint_pac(tmp_path, pac2.url)
+            old = srv.ctx
+            srv.reload()
+            try:
+                assert (await get(port, origin.url("/"))).status == 200  # the running PAC
+                assert srv.ctx is old
+            finally:
+                pac2.answering.set()
+            await switched(srv, old)
+            assert (await get(port, origin.url("/"))).status == 200  # the new PAC
+    assert pac2.fetches == 1
+    assert (parent.stats.requests, parent2.stats.requests) == (2, 1)
+
+
+async def test_pac_url_reload_to_a_dead_location_keeps_the_previous_pac(
+    tmp_path: Path, parent: NtlmParent, parent2: NtlmParent, origin: Origin
+) -> None:
+    async with pac_server(routes_to(parent.address)) as pac:
+        text = CREDS + f"Proxy {parent2.address}\nPac {pac.url}\n"
+        async with reloadable_proxy(text, tmp_path) as (srv, port):
+            assert (await get(port, origin.url("/"))).status == 200
+            repoint_pac(tmp_path, f"http://127.0.0.1:{dead_port()}/proxy.pac")
+            old = srv.ctx
+            srv.reload()
+            await switched(srv, old)
+            assert srv.ctx.pac is not None and srv.ctx.pac.last_error
+            assert (await get(port, origin.url("/"))).status == 200
     assert (parent.stats.requests, parent2.stats.requests) == (2, 0)

@@ -32,8 +32,7 @@ async def test_without_a_workstation_line_the_host_name_is_sent(
 ) -> None:
     async with running_proxy(conf(parent.address), tmp_path) as proxy:
         assert (await get(proxy.port, origin.url("/"))).status == 200
-    # case aside: see the upper-case test below
-    assert [w.upper() for w in parent.stats.workstations] == [socket.gethostname().upper()]
+    assert parent.stats.workstations == [socket.gethostname().upper()]  # upper-cased: see below
 
 
 async def test_dash_w_on_the_command_line_beats_the_config(
@@ -50,15 +49,12 @@ async def test_dash_w_on_the_command_line_beats_the_config(
     assert parent.stats.logons_ok == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cntlm 0.92.3 sends the workstation upper-cased in its Type 3 (measured: "
-    "'Workstation MyBox' and '-w clibox' reach the parent as MYBOX and CLIBOX); pycntlm's "
-    "Type 3 keeps the case as configured (auth.build_type3; its Type 1 upper-cases it)",
-)
 async def test_workstation_is_upper_cased_as_cntlm_does(
     tmp_path: Path, parent: NtlmParent, origin: Origin
 ) -> None:
+    """cntlm 0.92.3 sends the workstation upper-cased in its Type 3 (measured: 'Workstation
+    MyBox' and '-w clibox' reach the parent as MYBOX and CLIBOX). A regression: pycntlm's Type 3
+    used to keep the case as configured (auth.build_type3)."""
     text = conf(parent.address, extra="Workstation MyBox")
     async with running_proxy(text, tmp_path) as proxy:
         assert (await get(proxy.port, origin.url("/"))).status == 200

@@ -656,6 +656,51 @@ async def test_run_refreshes_in_the_background(pac_server: PacServer) -> None:
             await task
 
 
+async def test_inherit_starts_from_the_last_good_copy(pac_server: PacServer) -> None:
+    old = PacSource(pac_server.url, my_ip=MY_IP)
+    assert await old.refresh()
+    new = PacSource(pac_server.url, my_ip=MY_IP)  # what a reload builds
+    new.inherit(old)
+    assert new.engine is old.engine
+    assert await new.refresh()  # the validators came along: a 304, the same engine
+    assert pac_server.not_modified == 1 and new.engine is old.engine
+    await pac_server.stop()
+    newer = PacSource(pac_server.url, my_ip=MY_IP, fetch_timeout=2.0)
+    newer.inherit(new)
+    assert not await newer.refresh()  # the server is down: the inherited copy stays
+    assert newer.engine is old.engine and newer.last_error
+
+
+async def test_inherit_from_another_location_takes_the_engine_only(
+    pac_server: PacServer, tmp_path: Path
+) -> None:
+    old = PacSource(pac_server.url, my_ip=MY_IP)
+    assert await old.refresh()
+    path = tmp_path / "proxy.pac"
+    path.write_text(pac_returning("PROXY from-file:3128"))
+    new = PacSource(str(path), my_ip=MY_IP)
+    new.inherit(old)
+    assert first_route(new) == proxy("first", 3128)
+    assert await new.refresh()  # no validators of another location: the file is read
+    assert first_route(new) == proxy("from-file", 3128)
+    loaded = new.engine
+    new.inherit(old)  # a source with an engine of its own keeps it
+    assert new.engine is loaded
+    empty = PacSource(pac_server.url, my_ip=MY_IP)
+    empty.inherit(PacSource(pac_server.url, my_ip=MY_IP))  # nothing to inherit
+    assert empty.engine is None
+
+
+async def test_load_gives_up_after_its_bound(pac_server: PacServer) -> None:
+    pac_server.delay = 1.0
+    source = PacSource(pac_server.url, my_ip=MY_IP)
+    assert not await source.load(0.2)
+    assert source.engine is None and source.last_error == "not loaded within 0.2 s"
+    pac_server.delay = 0.0
+    assert await source.load(5.0)
+    assert first_route(source) == proxy("first", 3128)
+
+
 async def test_file_source(tmp_path: Path) -> None:
     path = tmp_path / "proxy.pac"
     path.write_text(pac_returning("PROXY from-file:3128"))
