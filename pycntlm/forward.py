@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pycntlm import http1
 from pycntlm.http1 import Body, Framing, Request, Response
-from pycntlm.net import READ_CHUNK, Conn, ConnectionClosed
+from pycntlm.net import READ_CHUNK, Conn, ConnectionClosed, relay_length
 
 # A 407/401 body we skip to keep a connection usable is small; past this we close instead.
 MAX_SKIPPED_BODY = 1 << 20
@@ -96,6 +96,10 @@ async def _put(dst: Sink, data: bytes, timeout: float) -> None:
 
 
 async def _relay_length(src: Conn, dst: Sink, length: int, timeout: float) -> int:
+    if isinstance(dst, Conn):  # connection to connection: net's body mode, no copy per chunk
+        await relay_length(src, dst, length, timeout)
+        await dst.drain(timeout)
+        return length
     remaining = length
     while remaining > 0:
         data = await src.read_some(timeout, min(remaining, READ_CHUNK))

@@ -66,6 +66,12 @@ class Conn(asyncio.Protocol):
         self.last_method = ""  # client side: the method of the request being answered
         self.peername: tuple[str, int] = ("?", 0)
         self.tls = False  # a TLS transport: no half-close (asyncio's cannot write_eof)
+        # Body mode (relay_length): this side hands the next `_left` bytes to `_sink` straight
+        # from data_received; `_feeder` is the reverse link, for backpressure only.
+        self._sink: Conn | None = None
+        self._left = 0
+        self._body_done: asyncio.Future[bool] | None = None
+        self._feeder: Conn | None = None
         self.spare = False  # an authenticated spare not yet used (spares.py, pool.py)
 
     # -- asyncio.Protocol callbacks -------------------------------------------------------
@@ -82,6 +88,11 @@ class Conn(asyncio.Protocol):
             self.on_made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            data = self._to_sink(sink, data)
+            if not data:
+                return
         peer = self._peer
         if peer is not None:
             self.relayed += len(data)
@@ -98,7 +109,33 @@ class Conn(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake()
 
+    def _to_sink(self, sink: Conn, data: bytes) -> bytes:
+        """Body mode: pass on what belongs to the body; return the bytes after it."""
+        left = self._left
+        if sink._lost or sink.transport is None:
+            self._end_body(False)
+            return data
+        if len(data) < left:
+            sink.transport.write(data)
+            self._left = left - len(data)
+            return b""
+        sink.transport.write(data[:left] if len(data) > left else data)
+        self._left = 0
+        self._end_body(True)
+        return data[left:]
+
+    def _end_body(self, complete: bool) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink._feeder = None
+        self._sink = None
+        done = self._body_done
+        if done is not None and not done.done():
+            done.set_result(complete)
+
     def eof_received(self) -> bool:
+        if self._sink is not None:
+            self._end_body(False)
         self._eof = True
         peer = self._peer
         if peer is not None:
@@ -110,6 +147,10 @@ class Conn(asyncio.Protocol):
         return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._sink is not None:
+            self._end_body(False)
+        if self._feeder is not None:
+            self._feeder._end_body(False)
         self._eof = True
         self._lost = True
         self._can_write = False
@@ -121,6 +162,9 @@ class Conn(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._can_write = False
+        feeder = self._feeder
+        if feeder is not None and feeder.transport is not None and not feeder._lost:
+            feeder.transport.pause_reading()
         peer = self._peer
         if peer is not None and peer.transport is not None and not peer._lost:
             peer.transport.pause_reading()
@@ -129,6 +173,9 @@ class Conn(asyncio.Protocol):
         self._can_write = True
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        feeder = self._feeder
+        if feeder is not None and feeder.transport is not None and not feeder._lost:
+            feeder.transport.resume_reading()
         peer = self._peer
         if peer is not None and peer.transport is not None and not peer._lost:
             peer.transport.resume_reading()
@@ -279,6 +326,53 @@ async def open_conn(
                 Conn, host, port, ssl=tls, server_hostname=host, ssl_handshake_timeout=timeout
             )
     return proto
+
+
+async def relay_length(src: Conn, dst: Conn, length: int, idle_timeout: float) -> None:
+    """Move exactly `length` body bytes from src to dst in body mode: src's data_received
+    writes them straight into dst's transport (no task wake-up per chunk; dst's backpressure
+    pauses src); bytes after the body stay in src's buffer for the next message.
+    Raises ConnectionClosed when src ends early or dst goes away, TimeoutError when nothing
+    moves for idle_timeout seconds."""
+    first = min(len(src._buf), length)
+    if first:
+        dst.write(src._take(first))
+    if first == length:
+        return
+    if src._lost or src._eof:
+        raise ConnectionClosed(src, "body ended early")
+    if dst._lost or dst.transport is None or src.transport is None:
+        raise ConnectionClosed(dst)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+    src._sink, src._left, src._body_done, dst._feeder = dst, length - first, done, src
+    if dst._can_write:
+        src.transport.resume_reading()
+    else:
+        src.transport.pause_reading()
+    last = -1
+    try:
+        while not done.done():
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    await asyncio.shield(done)
+            except TimeoutError:
+                if src._left == last:
+                    raise
+                last = src._left
+    finally:
+        src._end_body(False)
+        src._body_done = None
+    if not done.result():
+        if dst._lost:
+            raise ConnectionClosed(dst)
+        raise ConnectionClosed(src, "body ended early")
+    # dst's backpressure may have left src paused: reading now follows src's own buffer again
+    if not src._lost:
+        if len(src._buf) > READ_HIGH_WATER:
+            src.transport.pause_reading()
+        else:
+            src.transport.resume_reading()
 
 
 async def relay(a: Conn, b: Conn, idle_timeout: float) -> tuple[int, int]:
