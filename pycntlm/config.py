@@ -12,6 +12,7 @@ a secret in an error, a warning or repr(Config).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Callable
@@ -54,6 +55,10 @@ class HostPort:
     tls: bool = False  # `Proxy https://host:port`: TLS to the parent itself
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:  # pool keys and logs use it on every request
         where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         return f"https://{where}" if self.tls else where
 

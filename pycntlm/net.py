@@ -186,12 +186,16 @@ class Conn(asyncio.Protocol):
             self._waiter.set_result(None)
 
     async def _wait_data(self, timeout: float) -> None:
+        """Wait for data, EOF or loss; TimeoutError after `timeout` seconds. A plain timer on
+        the future, cheaper than asyncio.timeout (no task cancellation): this runs twice per
+        request (the client's next head, the parent's answer)."""
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _time_out, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await self._waiter
+            await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     def _take(self, n: int) -> bytes:
@@ -310,6 +314,11 @@ class Conn(asyncio.Protocol):
             return
         if self._eof and peer._eof and self._eof_sent and peer._eof_sent:
             self._relay_done.set_result(False)
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 async def open_conn(
