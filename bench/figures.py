@@ -170,7 +170,7 @@ def tunnels_held(s: Subject, cfg: Settings) -> Metrics:
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and _fds(pid) > fds_before + 8:
             time.sleep(0.1)
-        time.sleep(0.5)
+        time.sleep(6.0)  # a housekeeping tick (5 s) for pycntlm to give memory back
         out["after_rss_mib"] = procs.tree_rss(pid) / (1 << 20)
         out["after_proxy_fds"] = _fds(pid)
     return out

@@ -31,6 +31,7 @@ from pycntlm.listeners import (
     resolve_listen,
     sd_notify,
 )
+from pycntlm.memory import Trimmer
 from pycntlm.net import Conn
 
 if TYPE_CHECKING:
@@ -328,9 +329,11 @@ class Server:
         re-arms credentials that were locked out after a rejection)."""
         path = self.ctx.config.source_path
         mtime = _mtime(path)
+        trimmer = Trimmer()
         while True:
             await asyncio.sleep(interval)
             self.ctx.pool.prune()
+            trimmer.observe(len(self._tasks))
             now = _mtime(path)
             if now != mtime:
                 mtime = now
