@@ -20,6 +20,7 @@ import pytest
 from proxyrun import RawClient, conf, get, running_proxy
 from servers.procs import free_port
 from servers.squid import SquidInfo
+from servers.squid_tls import SquidTls, squid_tls, squid_tls_session  # noqa: F401
 
 from pycntlm import config, context, creds, server
 from pycntlm.demo.origin import Origin
@@ -195,3 +196,25 @@ async def test_reload_drops_the_spares_and_makes_new_ones(
         await asyncio.wait_for(task, 10)
     assert new.idle_count() == 0 and not new.spare_tasks and not old.spare_tasks
     assert await wait_for(lambda: squid_ntlm.count_requests("TRACE", 200) == 4)
+
+
+async def test_spares_over_a_tls_parent(
+    tmp_path: Path,
+    squid_tls: SquidTls,  # noqa: F811
+    echo: int,
+) -> None:
+    """`Proxy https://`: the spares are TLS connections, primed the same way (squid's TLS port
+    answers the TRACE itself), and a burst uses them."""
+    parent = squid_tls.https_parent
+    text = conf(parent, auth="NTLM", spares=2, extra=f"ProxyCAFile {squid_tls.ca_pem}")
+    async with running_proxy(text, tmp_path) as proxy:
+        first = await tunnel(proxy.port, echo)
+        pool = proxy.ctx.pool
+        assert await wait_for(lambda: pool.idle_count() == 2)
+        burst = await asyncio.gather(*(tunnel(proxy.port, echo) for _ in range(2)))
+        assert pool.spares_used == 2
+        for client in (first, *burst):
+            await client.close()
+    assert await wait_for(lambda: squid_tls.info.count_requests("TRACE", 200) >= 2)
+    assert await wait_for(lambda: squid_tls.info.count_requests("CONNECT", 200) == 3)
+    assert squid_tls.info.count_requests("CONNECT", 407) == 1
