@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,3 +173,15 @@ async def get(port: int, url: str, headers: dict[str, str] | None = None) -> Rep
         return await c.request("GET", url, headers)
     finally:
         await c.close()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `predicate` (bounded): squid writes its access log after the reply, and background
+    work (spare connections) finishes a moment later."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

@@ -11,11 +11,11 @@ import hashlib
 import json
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxyrun import PASS_NT, PASS_NTLMV2, RawClient, Reply, conf, get, running_proxy
+from proxyrun import PASS_NT, PASS_NTLMV2, RawClient, Reply, conf, get, running_proxy, wait_for
 from servers.squid import SquidInfo, squid_proxy
 
 from pycntlm import config, context, server
@@ -39,17 +39,6 @@ def squid_domain_session() -> Iterator[SquidInfo]:
 @pytest.fixture
 def squid(squid_domain_session: SquidInfo) -> SquidInfo:
     return squid_domain_session.fresh_view()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `predicate` (bounded): squid writes its access log after the reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 def assert_clean(rep: Reply) -> None:

@@ -7,17 +7,16 @@ subprocess.run would deadlock the proxy it talks to).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxyrun import RawClient, conf, running_proxy
+from proxyrun import RawClient, conf, running_proxy, wait_for
 from servers.gitserver import GitServerInfo
 from servers.procs import run_client
 from servers.squid import SquidInfo, squid_ntlm, squid_ntlm_session  # noqa: F401
@@ -191,17 +190,6 @@ def dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `predicate` (bounded): squid writes its access log after the reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 def squid_conf(*parents: str) -> str:

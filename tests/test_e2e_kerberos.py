@@ -3,13 +3,11 @@ a real MIT KDC on loopback and the user's ticket cache (KRB5CCNAME)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from proxyrun import RawClient, Reply, conf, get, running_proxy
+from proxyrun import RawClient, Reply, conf, get, running_proxy, wait_for
 from servers.kdc import KdcInfo, kdc, kerberos_env  # noqa: F401
 from servers.squid import SquidInfo, SquidKerberos, squid_proxy
 
@@ -207,17 +205,6 @@ async def tunnel_get(port: int, origin: Origin) -> Reply:
         return await client.reply()
     finally:
         await client.close()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `predicate` (bounded): squid writes its access log after the reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 def users_logged(squid: SquidInfo) -> set[str]:

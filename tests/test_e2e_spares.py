@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from proxyrun import RawClient, conf, get, running_proxy
+from proxyrun import RawClient, conf, get, running_proxy, wait_for
 from servers.procs import free_port
 from servers.squid import SquidInfo
 from servers.squid_tls import SquidTls, squid_tls, squid_tls_session  # noqa: F401
@@ -48,16 +48,6 @@ async def echo() -> AsyncIterator[int]:
         yield srv.sockets[0].getsockname()[1]
     finally:
         srv.close()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def tunnel(port: int, target_port: int) -> RawClient:

@@ -15,12 +15,12 @@ import json
 import logging
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trustme
-from proxyrun import USER, RawClient, conf, get, running_proxy
+from proxyrun import USER, RawClient, conf, get, running_proxy, wait_for
 from servers.procs import free_port, run_client
 from servers.squid_tls import SquidTls, squid_tls, squid_tls_session  # noqa: F401
 from servers.tls import TlsMaterial, clean_env
@@ -40,17 +40,6 @@ def tls_conf(*parents: str, ca: Path | None, extra: str = "", auth: str = "NTLMv
     if ca is not None:
         lines.append(f"ProxyCAFile {ca}")
     return conf(*parents, auth=auth, extra="\n".join(lines))
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `predicate` (bounded): squid writes its access log after the reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 @pytest.fixture
