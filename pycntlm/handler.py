@@ -108,6 +108,7 @@ async def serve_client(ctx: Context, client: Conn, serial: asyncio.Lock | None =
 
 async def _one_request(ctx: Context, client: Conn, serial: asyncio.Lock | None) -> bool:
     """Serve one request; True when the client connection stays open for another."""
+    client.last_method = ""  # no request yet: an error about this head carries its text
     try:
         raw = await client.read_head(
             ctx.config.idle_timeout, HEAD_TIMEOUT, ctx.config.max_head_size
@@ -117,7 +118,6 @@ async def _one_request(ctx: Context, client: Conn, serial: asyncio.Lock | None) 
         _log_access(client, "-", "-", Outcome(exc.status, keep=False), 0.0)
         return False
     client.idle = False
-    client.last_method = ""
     if raw is None:
         return False
     started = time.monotonic()
@@ -207,7 +207,8 @@ async def _pac_route(ctx: Context, req: Request, target: http1.Target) -> tuple[
     try:
         routes = await engine.afind(url, target.host)
     except PycntlmError as exc:
-        log.warning("PAC failed for %s (%s): using the Proxy lines", target.host, exc)
+        if not getattr(exc, "cached", False):  # a remembered failure was logged when fresh
+            log.warning("PAC failed for %s (%s): using the Proxy lines", target.host, exc)
         return ctx, False
     if not routes:
         return ctx, False

@@ -97,6 +97,26 @@ def render(ctx: Context) -> str:
     spares = "Pre-authenticated spare connections (PoolSpare)"
     metric("pycntlm_spares_made_total", "counter", f"{spares} made.", [("", ctx.pool.spares_made)])
     metric("pycntlm_spares_used_total", "counter", f"{spares} used.", [("", ctx.pool.spares_used)])
+    if ctx.pac is not None:  # counts restart when the PAC file is compiled again
+        pac = ctx.pac.engine.cache_info() if ctx.pac.engine is not None else {}
+        metric(
+            "pycntlm_pac_cache_hits_total",
+            "counter",
+            "PAC decisions answered from the decision cache.",
+            [("", pac.get("decision_hits", 0))],
+        )
+        metric(
+            "pycntlm_pac_cache_misses_total",
+            "counter",
+            "PAC decisions not in the cache (FindProxyForURL was run).",
+            [("", pac.get("decision_misses", 0))],
+        )
+        metric(
+            "pycntlm_pac_cache_entries",
+            "gauge",
+            "PAC decisions (and failures) in the cache.",
+            [("", pac.get("decisions", 0))],
+        )
     return "\n".join(out) + "\n"
 
 

@@ -21,6 +21,7 @@ import socket  # noqa: TID251 - shell module: the local resolver and myIpAddress
 import struct
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import aiohttp
 from pycntlm.pacfuncs import (
     FOUND_PREFIX,
     PAC_JS_LIBRARY,
+    DecisionKeys,
     PacError,
     PacOptions,
     PacQuery,
@@ -39,6 +41,7 @@ from pycntlm.pacfuncs import (
     pac_text,
     parse_result,
     parse_result_cached,
+    uses_first_argument,
 )
 
 __all__ = ["PacEngine", "PacError", "PacOptions", "PacSource", "Route", "connect_url"]
@@ -135,13 +138,22 @@ class _NeedDns(Exception):
         self.names = names
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A cached PacError: its message only, raised afresh on each hit (an exception object
+    raised again would collect every request's frames in its __traceback__)."""
+
+    message: str
+
+
 class PacEngine:
     """One compiled PAC file. find() / afind() answer FindProxyForURL(url, host) as routes.
 
     Decisions are cached per (scheme, host, port), plus the URL handed to the PAC when its
     FindProxyForURL might read its url argument (`uses_url`); errors are cached too, so a PAC
-    that loops costs its time limit once per key per cache_ttl. Not thread-safe: use it from
-    the event loop's thread only.
+    that loops costs its time limit once per key per cache_ttl (re-raised with `cached` set).
+    For a PAC that ignores the url, a hit parses nothing (DecisionKeys knows the key of each
+    scheme://authority seen). Not thread-safe: use it from the event loop's thread only.
     """
 
     def __init__(
@@ -164,9 +176,10 @@ class PacEngine:
         self._resolver = resolver
         self._clock = clock
         self._wall_clock = wall_clock
-        self._decisions: TtlLru[tuple[str, ...], tuple[Route, ...] | PacError] = TtlLru(
+        self._decisions: TtlLru[tuple[str, ...], tuple[Route, ...] | _Failure] = TtlLru(
             self.options.cache_size, self.options.cache_ttl
         )
+        self._keys = DecisionKeys(self.options.cache_size)
         self._dns: TtlLru[str, str | None] = TtlLru(
             self.options.dns_cache_size, self.options.dns_ttl
         )
@@ -224,7 +237,10 @@ class PacEngine:
             return missing.split("\n")
         if ctx.eval("typeof FindProxyForURL") != "function":
             raise PacError("PAC file defines no FindProxyForURL function")
-        self.uses_url = bool(ctx.get("__pycntlm_uses_url")())
+        try:
+            self.uses_url = uses_first_argument(str(ctx.get("__pycntlm_source")()))
+        except self._js.JSException:  # its text is not to be had: assume it reads the url
+            self.uses_url = True
         return []
 
     def _remember(self, name: str, ip: str | None, now: float) -> None:
@@ -258,6 +274,9 @@ class PacEngine:
                 return (), [str(name) for name in extra["m"]]
             for message in extra["a"]:
                 log.info("PAC alert: %s", " ".join(str(message).split()))
+            if extra["f"]:  # FindProxyForURL was replaced: key on the url from now on
+                self.uses_url = True
+                self._ctx.get("__pycntlm_watch")()
             if extra["e"] is not None:
                 raise PacError(f"FindProxyForURL failed: {extra['e']}")
             if extra["r"] is None:
@@ -275,26 +294,27 @@ class PacEngine:
     def _decide(self, url: str, host: str) -> Generator[str, str | None, list[Route]]:
         """The cached decision, or a fresh one (cached, errors too). Yields each name the PAC
         needs resolved and takes its address (or None) back, then runs the PAC again."""
-        query = pac_query(url, host)
-        key = self._key(query)
+        query = pac_query(url, host) if self.uses_url else None
+        key = self._key(query) if query is not None else self._keys.key(url, host)
         now = self._clock()
         hit = self._decisions.get(key, now)
-        if isinstance(hit, PacError):
-            raise hit
+        if isinstance(hit, _Failure):
+            raise PacError(hit.message, cached=True)
         if hit is not None:
             return list(hit)
+        query = query or pac_query(url, host)  # a miss: only now is the whole URL needed
         self._sweep(now)
         try:
             for _ in range(self.options.max_dns_rounds + 1):
                 routes, missing = self._evaluate(query)
                 if not missing:
-                    self._decisions.put(key, routes, self._clock())
+                    self._decisions.put(self._key(query), routes, self._clock())
                     return list(routes)
                 for name in missing:
                     self._remember(name, (yield name), self._clock())
             raise PacError("FindProxyForURL resolves too many names")
         except PacError as exc:
-            self._decisions.put(key, exc, self._clock())
+            self._decisions.put(self._key(query), _Failure(str(exc)), self._clock())
             raise
 
     def find(self, url: str, host: str = "") -> list[Route]:
@@ -322,8 +342,15 @@ class PacEngine:
             return routes
 
     def cache_info(self) -> dict[str, int]:
-        """Sizes of the decision cache and the DNS table (for the status page)."""
-        return {"decisions": len(self._decisions), "names": len(self._dns)}
+        """Sizes of the decision cache and the DNS table, and the decision cache's hits and
+        misses since this engine was compiled (for the status page)."""
+        decisions = self._decisions
+        return {
+            "decisions": len(decisions),
+            "names": len(self._dns),
+            "decision_hits": decisions.hits,
+            "decision_misses": decisions.misses,
+        }
 
 
 class PacSource:

@@ -1,8 +1,9 @@
 """PAC values and helpers, sans-IO: results, query normalisation, caches, the JS helper library.
 
 Owns: `Route` and `parse_result` (what a FindProxyForURL answer means to pycntlm), `pac_query`
-(the url/host handed to FindProxyForURL and the decision-cache key), `TtlLru`, and
-`PAC_JS_LIBRARY`, the standard PAC helper functions in JavaScript.
+(the url/host handed to FindProxyForURL and the decision-cache key) and `DecisionKeys` (that key
+without parsing each URL), `uses_first_argument` (may FindProxyForURL read its url?),
+`TtlLru`, and `PAC_JS_LIBRARY`, the standard PAC helper functions in JavaScript.
 Must not: run JavaScript, resolve names, read files or touch the network (pac.py does that).
 
 Helper semantics follow the library Mozilla ships and Chromium copied (2018 revision); pacparser
@@ -27,7 +28,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -47,7 +48,13 @@ class PacError(PycntlmError):
     """A PAC file that cannot be used: it does not compile, throws, loops or answers nonsense.
 
     The message is short and names no URL; the caller logs it and falls back to its parents.
+    `cached` is True when PacEngine re-raises a failure remembered from an earlier request (for
+    cache_ttl): that one was raised, and could be logged, when it was fresh.
     """
+
+    def __init__(self, message: str, *, cached: bool = False) -> None:
+        super().__init__(message)
+        self.cached = cached
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,179 @@ def pac_query(url: str, host: str = "") -> PacQuery:
     return PacQuery(f"{scheme}://{netloc}{rest}", host, scheme, explicit or default)
 
 
+_THROUGH_AUTHORITY = re.compile(r"[^:/?#]*://[^/?#]*")
+
+
+class DecisionKeys:
+    """pac_query(url, host)'s (scheme, host, str(port)), the decision-cache key of a PAC that
+    ignores its url, remembered per "scheme://authority" text and host, so that a new path of a
+    known host costs a look-up instead of a parse. urlsplit takes the scheme, the authority and
+    its errors from that text alone ("/?#" end it; the tabs and newlines it drops are none of
+    those): every URL that starts with it has the same key. Bounded: emptied when full.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = max(1, maxsize)
+        self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def key(self, url: str, host: str) -> tuple[str, str, str]:
+        """The key; raises PacError as pac_query does (an error is not remembered)."""
+        through = _THROUGH_AUTHORITY.match(url)
+        if through is None:  # "host:port" (a CONNECT target), or odd: pac_query memoises these
+            query = pac_query(url, host)
+            return query.scheme, query.host, str(query.port)
+        memo = (through[0], host)
+        key = self._keys.get(memo)
+        if key is None:
+            query = pac_query(url, host)
+            if len(self._keys) >= self.maxsize:
+                self._keys.clear()
+            key = self._keys[memo] = (query.scheme, query.host, str(query.port))
+        return key
+
+
+_JS_TOKEN = re.compile(
+    r"""(?P<space>[\s\ufeff]*[\n\r\u2028\u2029][^\S\n\r\u2028\u2029]*-->[^\n\r\u2028\u2029]*
+        |[\s\ufeff]+)
+    | (?P<comment>//[^\n\r\u2028\u2029]*|/\*[\s\S]*?\*/|<!--[^\n\r\u2028\u2029]*)
+    | (?P<lit>"(?:[^"\\\n\r]|\\(?:\r\n|[\s\S]))*"|'(?:[^'\\\n\r]|\\(?:\r\n|[\s\S]))*')
+    | (?P<name>(?:[^\W\d]|\$)[\w$]*)
+    | (?P<num>\.?\d[\w$.]*)
+    | (?P<punct>\.\.\.|\?\.(?!\d)|\+\+|--|=>|[^\s\\`"'/])""",
+    re.VERBOSE,
+)
+_JS_REGEX = re.compile(r"/(?:[^\\/\[\n\r]|\\[^\n\r]|\[(?:[^\\\]\n\r]|\\[^\n\r])*\])+/[\w$]*")
+_JS_TEMPLATE = re.compile(r"(?:[^`\\$]|\\[\s\S]|\$(?!\{))*(`|\$\{)")
+_JS_HEADS = frozenset({"if", "while", "for", "with"})
+_JS_BEFORE_EXPRESSION = frozenset(
+    {"return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case"}
+    | {"do", "else", "yield", "await"}
+)
+_JS_OPAQUE = frozenset({"arguments", "eval", "Function"})
+_JS_MAYBE_OPAQUE = re.compile(r"arguments|eval|Function|native|\\u")
+_JS_MEMBER = (("punct", "."), ("punct", "?."))
+JsToken = tuple[str, str]
+
+
+def _js_regex_allowed(prev: JsToken | None) -> bool | None:
+    """Does a "/" after `prev` start a regular expression (True) or divide (False)? None after
+    a "}", a block's end or an object's: only a parser can tell."""
+    if prev is None or prev[0] == "head":
+        return True
+    kind, text = prev
+    if kind == "name":
+        return text in _JS_BEFORE_EXPRESSION
+    if kind in ("num", "lit") or text in (")", "]", "++", "--"):
+        return False
+    return None if text == "}" else True
+
+
+def js_tokens(source: str) -> Iterator[JsToken]:
+    """JavaScript source as (kind, text) tokens: name, num, punct, head (the ")" closing an
+    if/while/for/with head) and lit (a string, template or regular-expression literal, text
+    dropped); comments and white space dropped. Raises ValueError where unsure: a literal or
+    comment left open, a backslash outside literals (an escaped name), unbalanced brackets, or
+    a "/" right after a "}"."""
+    prev: JsToken | None = None
+    braces: list[bool] = []  # True: the "${" of a template
+    parens: list[bool] = []  # True: the "(" of an if/while/for/with head
+    pos, end = 0, len(source)
+    while pos < end:
+        char = source[pos]
+        if char == "`" or (char == "}" and braces and braces[-1]):
+            if char == "}":
+                braces.pop()
+            chunk = _JS_TEMPLATE.match(source, pos + 1)
+            if chunk is None:
+                raise ValueError("a template left open")
+            if chunk[1] == "${":
+                braces.append(True)
+            prev, pos = ("lit", "") if chunk[1] == "`" else ("punct", "${"), chunk.end()
+            yield prev
+            continue
+        if char == "/" and source[pos + 1 : pos + 2] not in ("/", "*"):
+            regex = _js_regex_allowed(prev)
+            literal = _JS_REGEX.match(source, pos) if regex else None
+            if regex is None or (regex and literal is None):
+                raise ValueError("a regular expression or a division?")
+            prev = ("lit", "") if literal else ("punct", "/")
+            pos = literal.end() if literal else pos + 1
+            yield prev
+            continue
+        match = _JS_TOKEN.match(source, pos)
+        if match is None:
+            raise ValueError("a literal or comment left open, or a backslash")
+        pos, kind, text = match.end(), str(match.lastgroup), match[0]
+        if kind in ("space", "comment"):
+            continue
+        if text == "(":
+            parens.append(prev is not None and prev[0] == "name" and prev[1] in _JS_HEADS)
+        elif text == "{":
+            braces.append(False)
+        elif text in (")", "}"):
+            stack = parens if text == ")" else braces
+            if not stack:
+                raise ValueError("unbalanced brackets")
+            kind = "head" if stack.pop() else kind
+        prev = (kind, "" if kind == "lit" else text)
+        yield prev
+    if parens or braces:
+        raise ValueError("unbalanced brackets")
+
+
+def _first_parameter(tokens: Iterator[JsToken]) -> JsToken | None:
+    """The first parameter's name token (None: no parameters), read off the function's head
+    (names and "*" up to "(", or a lone name before "=>"); ValueError for anything else."""
+    head: list[JsToken] = []
+    for token in tokens:
+        if token[1] == "=>" and head:
+            return head[-1]
+        if token[1] == "(":
+            first = next(tokens)
+            if first == ("punct", ")"):
+                return None
+            if first[0] == "name" and next(tokens)[1] in (",", ")", "="):
+                return first
+            break
+        if token[0] != "name" and token[1] != "*":
+            break
+        head.append(token)
+    raise ValueError("not a plain first parameter")
+
+
+def uses_first_argument(source: str) -> bool:
+    """Might the JavaScript function whose text is `source` (Function.prototype.toString) read
+    its first argument? Conservative: False only when that parameter is a plain name used
+    nowhere else as a name (comments, literals and property names after "." do not count) and
+    neither `arguments`, `eval` nor `Function` appears; True for native or bound functions and
+    for any text js_tokens is unsure about. Stops at the first use."""
+    tokens = js_tokens(source)
+    try:
+        param = _first_parameter(tokens)
+        if param is not None and param[1] in _JS_OPAQUE:
+            return True
+        if _JS_MAYBE_OPAQUE.search(source) is None and (
+            param is None or source.count(param[1]) == 1
+        ):
+            return False  # the name is nowhere else, not even escaped: no need to look closer
+        prev: JsToken | None = None
+        for token in tokens:
+            kind, text = token
+            if kind == "name" and (
+                text in _JS_OPAQUE
+                or (token == param and prev not in _JS_MEMBER)
+                or (text == "code" and prev == ("name", "native"))  # "[native code]"
+            ):
+                return True
+            prev = token
+    except (ValueError, StopIteration):
+        return True
+    return False
+
+
 def pac_text(data: bytes) -> str:
     """A PAC file's bytes as text: UTF-8 (a BOM dropped), else Latin-1."""
     try:
@@ -219,6 +399,9 @@ class TtlLru(Generic[K, V]):
     def __init__(self, maxsize: int, ttl: float) -> None:
         self.maxsize = max(1, maxsize)
         self.ttl = ttl
+        self.hits = 0
+        self.misses = 0
+        """get() calls that found a live entry, and the others (absent or expired)."""
         self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -230,11 +413,14 @@ class TtlLru(Generic[K, V]):
     def get(self, key: K, now: float) -> V | None:
         item = self._items.get(key)
         if item is None:
+            self.misses += 1
             return None
         if item[0] <= now:
             del self._items[key]
+            self.misses += 1
             return None
         self._items.move_to_end(key)
+        self.hits += 1
         return item[1]
 
     def put(self, key: K, value: V, now: float, ttl: float | None = None) -> list[K]:
@@ -263,7 +449,7 @@ alert() was called; otherwise it returns FindProxyForURL's string as is (the fas
 
 PAC_JS_LIBRARY = r"""
 var __pycntlm = {dns: new Map(), missing: [], alerts: [], now: -1, myip: "127.0.0.1",
-                 res: new Map()};
+                 res: new Map(), fn: null};
 function __pycntlm_date() { return __pycntlm.now < 0 ? new Date() : new Date(__pycntlm.now); }
 function __pycntlm_dns_set(name, ip) { __pycntlm.dns.set(name, ip); }
 function __pycntlm_dns_del(name) { __pycntlm.dns.delete(name); }
@@ -273,7 +459,8 @@ function __pycntlm_find(url, host, now) {
     var st = __pycntlm, r, err = null, failed = false;
     st.missing = []; st.alerts = []; st.now = now;
     try { r = FindProxyForURL(url, host); } catch (e) { err = e; failed = true; }
-    if (st.missing.length == 0 && st.alerts.length == 0) {
+    var replaced = FindProxyForURL !== st.fn;
+    if (st.missing.length == 0 && st.alerts.length == 0 && !replaced) {
         if (failed) throw err;
         if (typeof r != "string")
             throw new TypeError("FindProxyForURL returned " + (r === null ? "null" : typeof r));
@@ -281,15 +468,13 @@ function __pycntlm_find(url, host, now) {
     }
     return "\u0001" + JSON.stringify({m: st.missing, a: st.alerts,
         r: typeof r == "string" ? r : null, t: r === null ? "null" : typeof r,
-        e: failed ? String(err).slice(0, 200) : null});
+        e: failed ? String(err).slice(0, 200) : null, f: replaced});
 }
-function __pycntlm_uses_url() {
-    var s = Function.prototype.toString.call(FindProxyForURL);
-    if (/\b(arguments|eval|Function)\b|\[native code\]/.test(s)) return true;
-    var m = /^[^(]*\(\s*([A-Za-z_$][\w$]*)/.exec(s);
-    if (m == null) return false;
-    var re = new RegExp("(^|[^\\w$])" + m[1].replace(/\$/g, "\\$") + "(?![\\w$])", "g");
-    return (s.match(re) || []).length > 1;
+var __pycntlm_to_string = Function.prototype.call.bind(Function.prototype.toString);
+function __pycntlm_watch() { __pycntlm.fn = FindProxyForURL; }  // __pycntlm_find tells: "f"
+function __pycntlm_source() {  // the text uses_first_argument reads
+    __pycntlm_watch();
+    return __pycntlm_to_string(FindProxyForURL);
 }
 function dnsDomainIs(host, domain) {
     return host.length >= domain.length &&

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from proxyrun import get, running_proxy
 
@@ -81,6 +83,20 @@ async def test_broken_pac_falls_back_to_the_proxy_lines(
     async with running_proxy(text, tmp_path) as proxy:
         assert (await get(proxy.port, origin.url("/"))).status == 200
     assert parent.stats.requests == 1
+
+
+async def test_a_failing_pac_is_logged_once_per_host_not_per_request(
+    tmp_path: Path, parent: NtlmParent, origin: Origin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine remembers the failure per host; only the fresh one is logged (a busy client
+    would otherwise write a warning per request)."""
+    caplog.set_level(logging.WARNING, logger="pycntlm")
+    text = pac_conf(tmp_path, "throw 'broken';", proxy_lines=f"Proxy {parent.address}\n")
+    async with running_proxy(text, tmp_path) as proxy:
+        for _ in range(20):
+            assert (await get(proxy.port, origin.url("/"))).status == 200
+    assert parent.stats.requests == 20
+    assert caplog.text.count("PAC failed for") == 1
 
 
 # --- Pac http://...: fetched from a loopback web server ------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import gc
 import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
@@ -23,7 +25,16 @@ from hypothesis import strategies as st
 
 from pycntlm.errors import PycntlmError
 from pycntlm.pac import PacEngine, PacError, PacOptions, PacSource, local_ipv4
-from pycntlm.pacfuncs import DIRECT, Route, TtlLru, connect_url, pac_query, parse_result
+from pycntlm.pacfuncs import (
+    DIRECT,
+    DecisionKeys,
+    Route,
+    TtlLru,
+    connect_url,
+    pac_query,
+    parse_result,
+    uses_first_argument,
+)
 
 MY_IP = "10.20.30.40"
 FAST = PacOptions(time_limit=0.05)
@@ -145,6 +156,72 @@ def test_connect_url() -> None:
     assert connect_url("[::1]", 8443) == "https://[::1]:8443/"
 
 
+NAMES = ["a.example", "A.Example", "[::1]", "[v1.x]", "[1.2.3.4]", "[zz]", "", "ex ample"]
+NAMES += ["ex\tample", "exa%mple", "\u00e9.example", "\u2100.example", "[::1", "::1]", "a?b"]
+URLS = st.builds(
+    "{}://{}{}{}{}".format,
+    st.sampled_from(["http", "HTTP", "https", "wss", "ftp", "gopher", "h\ttp", "1x", "a:b", ""]),
+    st.sampled_from(["", "u@", "u:p@", "a@b@", "[x]@", "u:p:q@", "u/x@", "\t@"]),
+    st.sampled_from(NAMES),
+    st.sampled_from(["", ":", ":80", ":8080", ":0", ":65535", ":65536", ":x", ":\uff18", ":1:2"]),
+    st.sampled_from(["", "/", "/p?q#f", "?q", "#f", "/a\tb", "/x://y", "\r\n/", "/[::1]"]),
+)
+HOSTS = st.sampled_from(["", "a.example", " A.Example ", "[::1]", "::1", "x.example"])
+
+
+def assert_keys_agree(keys: DecisionKeys, url: str, host: str) -> None:
+    """keys.key gives pac_query's (scheme, host, port), and raises when pac_query raises (a key
+    there would let a cached decision answer a URL pac_query refuses)."""
+    try:
+        query = pac_query(url, host)
+    except PacError:
+        with pytest.raises(PacError):
+            keys.key(url, host)
+        return
+    assert keys.key(url, host) == (query.scheme, query.host, str(query.port))
+
+
+@given(st.lists(st.tuples(URLS, HOSTS), max_size=30))
+def test_decision_keys_agree_with_pac_query(requests: list[tuple[str, str]]) -> None:
+    keys = DecisionKeys()  # one for all: a key remembered for one URL is reused for others
+    for url, host in requests + requests[::-1]:
+        assert_keys_agree(keys, url, host)
+
+
+@given(st.lists(st.tuples(st.text("ab:/?#@[]%\t\n .1", max_size=12), HOSTS), max_size=20))
+def test_decision_keys_agree_with_pac_query_on_any_text(parts: list[tuple[str, str]]) -> None:
+    keys = DecisionKeys(maxsize=8)
+    for text, host in parts:
+        for url in (f"{text}://{text}", f"http://{text}", f"http://a.example{text}", text):
+            assert_keys_agree(keys, url, host)
+    assert len(keys) <= 8
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "key"),
+    [
+        ("http://u:p@a.example:8080/x?y#z", "a.example", ("http", "a.example", "8080")),
+        ("HTTP://A.example/x", "A.Example", ("http", "a.example", "80")),
+        ("http://[::1]:81/", "[::1]", ("http", "::1", "81")),
+        ("https://[::1]/", "::1", ("https", "::1", "443")),
+        ("http://a.example:0/", "a.example", ("http", "a.example", "80")),
+        ("gopher://a.example/", "a.example", ("gopher", "a.example", "0")),
+        ("a.example:22", "a.example", ("https", "a.example", "22")),
+    ],
+)
+def test_decision_keys(url: str, host: str, key: tuple[str, str, str]) -> None:
+    assert DecisionKeys().key(url, host) == key
+
+
+@pytest.mark.parametrize("url", ["http://a.example:99999/", "http://[zz]/", "http:///x"])
+def test_decision_keys_refuse_what_pac_query_refuses(url: str) -> None:
+    keys = DecisionKeys()
+    for _ in range(2):
+        with pytest.raises(PacError):
+            keys.key(url, "a.example")
+    assert len(keys) == 0
+
+
 # --- TtlLru ---------------------------------------------------------------------------------
 
 
@@ -159,6 +236,7 @@ def test_ttl_lru_expiry_and_eviction() -> None:
     cache.put("d", 4, now=6.0, ttl=1.0)
     assert cache.expire(now=8.0) == ["d"]
     assert cache.get("c", now=14.9) == 3
+    assert (cache.hits, cache.misses) == (2, 1)  # a, c; a expired
 
 
 # --- routing --------------------------------------------------------------------------------
@@ -361,6 +439,38 @@ def test_failures_in_find_are_pac_errors(body: str, message: str) -> None:
     assert message in str(caught.value)
 
 
+class FakeRequest:
+    """What a request handler holds while it asks the PAC file (a weakref-able stand-in)."""
+
+
+async def test_a_cached_failure_is_raised_afresh_and_keeps_no_request_alive() -> None:
+    """A regression: the cached PacError itself was raised again on every hit, its
+    __traceback__ growing by the frames of each request (3001 frames after 1000 failures),
+    which kept every request alive until the cache entry expired."""
+    pac = await PacEngine.create('function FindProxyForURL(u, h) { throw "x"; }', my_ip=MY_IP)
+    requests: list[weakref.ref[FakeRequest]] = []
+    seen: list[tuple[object, str, int]] = []
+
+    async def handle() -> None:
+        request = FakeRequest()
+        requests.append(weakref.ref(request))
+        try:
+            await pac.afind("http://a.example/", "a.example")
+        except PacError as exc:
+            frames, tb = 0, exc.__traceback__
+            while tb is not None:
+                frames, tb = frames + 1, tb.tb_next
+            seen.append((getattr(exc, "cached", None), str(exc), frames))
+
+    for _ in range(1000):
+        await handle()
+    gc.collect()
+    assert sum(ref() is not None for ref in requests) == 0
+    assert max(frames for _, _, frames in seen) <= 4
+    assert {message for _, message, _ in seen} == {"FindProxyForURL failed: x"}
+    assert [cached for cached, _, _ in seen] == [False] + [True] * 999
+
+
 def test_an_endless_loop_costs_its_limit_once_and_the_engine_goes_on() -> None:
     source = """
     var runs = 0;
@@ -429,10 +539,119 @@ def test_cache_key_includes_the_url_when_the_pac_reads_it() -> None:
             True,
         ),
         ("function g(url, host) { return 'DIRECT'; } var FindProxyForURL = g.bind(null);", True),
+        # comments, literals and property names are not uses of the parameter
+        ("function FindProxyForURL(url, host) { // no url rules here\n return 'DIRECT'; }", False),
+        ("function FindProxyForURL(url, host) { /* url */ return 'DIRECT'; }", False),
+        ("function FindProxyForURL(url, host) { return 'url' && \"url\" && 'DIRECT'; }", False),
+        ("function FindProxyForURL(url, host) { return `url` && 'DIRECT'; }", False),
+        ("function FindProxyForURL(url, host) { return /url/.test(host) ? 'DIRECT' : ''; }", False),
+        ("function FindProxyForURL(url, host) { return {url: 1}.url ? 'DIRECT' : ''; }", True),
+        ("function FindProxyForURL(url, host) { var x = {}; x.url = 1; return 'DIRECT'; }", False),
+        ("function FindProxyForURL(url, host) { // eval(arguments)\n return 'DIRECT'; }", False),
+        ("function FindProxyForURL(url, host) {\n<!-- url\n--> url\n return 'DIRECT'; }", False),
+        ("function FindProxyForURL(u, h) { return 'a' + /['\\/]/.source + u; }", True),
+        ("function FindProxyForURL(u, h) { if (h) /'/.test(h) && f(u); return 'DIRECT'; }", True),
+        ("function FindProxyForURL(u, h) { var a = 4 / 2 / u; return 'DIRECT'; }", True),
+        ("function FindProxyForURL(url, host) { return `${url}` && 'DIRECT'; }", True),
+        ("function FindProxyForURL(url, host) { return `${`${{a: url}.a}`}` && 'DIRECT'; }", True),
+        ("function FindProxyForURL(url, host) { return \\u0075rl && 'DIRECT'; }", True),
+        ("function FindProxyForURL(url, host) { return host ? 'DIRECT' : url; }", True),
+        ("function FindProxyForURL({length}, host) { return 'DIRECT'; }", True),
+        ("function FindProxyForURL(...a) { return 'DIRECT'; }", True),
+        ("var FindProxyForURL = (url, host) => 'DIRECT' /* url */;", False),
+        ("var FindProxyForURL = url => url && 'DIRECT';", True),
+        ("var FindProxyForURL = url => 'DIRECT';", False),
     ],
 )
 def test_uses_url_is_conservative(source: str, uses: bool) -> None:
     assert engine(source).uses_url is uses
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "function f(u) { return u; }",
+        "function f(u) { if (a) {} /u/.test(h); }",  # "/" after "}": a parser's call
+        "function f(u) { return '",  # left open
+        "function f(u) { return /x",
+        "function f(u) { return `x",
+        "function f(u) { /* x",
+        "function f(u) { return 1; ",
+        "function f(u) { return 1; }}",
+        "function bound f() {\n    [native code]\n}",
+        "function bound f() {\n    [ native /* */ code ]\n}",
+        "u",
+        "",
+    ],
+)
+def test_uses_first_argument_says_yes_when_unsure(text: str) -> None:
+    assert uses_first_argument(text)
+
+
+@given(st.text())
+def test_comments_and_strings_never_count_as_a_use(text: str) -> None:
+    line = re.sub("[\n\r\u2028\u2029]", " ", text)
+    source = (
+        f"function FindProxyForURL(url, host) {{ /*{text.replace('*/', '')}*/ // {line}\n"
+        f" var s = {json.dumps(text)} + {json.dumps(text, ensure_ascii=False)};"
+        f" return s + 'DIRECT'; }}"
+    )
+    assert not uses_first_argument(source)
+
+
+def test_a_comment_naming_the_url_keeps_the_cache_per_host() -> None:
+    source = """var runs = 0;
+    function FindProxyForURL(url, host) {
+        // no url rules here: "url" is just a word
+        runs++;
+        return "PROXY run" + runs + ":1";
+    }"""
+    pac = engine(source)
+    for i in range(100):
+        assert pac.find(f"http://a.example/page/{i}") == [proxy("run1", 1)]
+    assert pac.cache_info()["decisions"] == 1
+
+
+def test_a_pac_that_replaces_its_function_is_keyed_on_the_url_from_then_on() -> None:
+    source = """function FindProxyForURL(url, host) {
+        FindProxyForURL = function (u, h) { return u.indexOf("/in/") > 0 ? "DIRECT" : "PROXY p"; };
+        return "PROXY first:1";
+    }"""
+    pac = engine(source)
+    assert not pac.uses_url
+    assert pac.find("http://a.example/") == [proxy("first", 1)]
+    assert pac.uses_url
+    assert pac.find("http://b.example/in/x") == [DIRECT]
+    assert pac.find("http://b.example/out") == [proxy("p", 80)]
+    assert pac.find("http://b.example/in/y") == [DIRECT]
+
+
+def test_a_pac_that_replaces_its_function_with_nonsense_fails_as_a_pac_error() -> None:
+    pac = engine("function FindProxyForURL(u, h) { FindProxyForURL = 1; return 'DIRECT'; }")
+    assert pac.find("http://a.example/") == [DIRECT]
+    with pytest.raises(PacError, match="not a function"):
+        pac.find("http://b.example/")
+
+
+async def test_a_hit_for_another_path_does_not_parse_the_url() -> None:
+    pac = engine(COUNTING)
+    pac_query.cache_clear()
+    for i in range(100):
+        url = f"http://parse-once.example/page/{i}?q={i}"
+        assert await pac.afind(url, "parse-once.example") == [proxy("run1", 1)]
+    parsed = pac_query.cache_info()
+    assert (parsed.misses, parsed.hits) == (1, 1)  # one parse, for the one miss
+    info = pac.cache_info()
+    assert (info["decision_hits"], info["decision_misses"], info["decisions"]) == (99, 1, 1)
+
+
+def test_a_hit_on_a_pac_reading_the_url_is_per_url() -> None:
+    pac = engine(COUNTING_URL)
+    for _ in range(3):
+        for path in ("/a", "/b"):
+            pac.find(f"http://a.example{path}")
+    info = pac.cache_info()
+    assert (info["decision_hits"], info["decision_misses"], info["decisions"]) == (4, 2, 2)
 
 
 def test_decisions_expire_and_the_cache_is_bounded() -> None:
