@@ -2,8 +2,8 @@
 
 Owns: `Route` and `parse_result` (what a FindProxyForURL answer means to pycntlm), `pac_query`
 (the url/host handed to FindProxyForURL and the decision-cache key) and `DecisionKeys` (that key
-without parsing each URL), `uses_first_argument` (may FindProxyForURL read its url?),
-`TtlLru`, and `PAC_JS_LIBRARY`, the standard PAC helper functions in JavaScript.
+without parsing each URL), `TtlLru`, and `PAC_JS_LIBRARY`, the standard PAC helper functions
+in JavaScript (jsscan.py says whether FindProxyForURL may read its url).
 Must not: run JavaScript, resolve names, read files or touch the network (pac.py does that).
 
 Helper semantics follow the library Mozilla ships and Chromium copied (2018 revision); pacparser
