@@ -136,7 +136,9 @@ class Config:
     pool_max_idle: int = 256  # PoolMaxIdle: idle authenticated connections kept per parent
     pool_idle_ttl: float = 60.0  # PoolIdleTimeout: seconds an idle pooled connection is kept
     pool_spare: int = 3  # PoolSpare: spares kept ready after a tunnel (3: dockerd downloads 3)
-    max_clients: int = 8192  # MaxClients: open client connections; more are answered 503
+    # MaxClients: open client connections; more are answered 503. None: from the open-files
+    # limit (each client may hold two descriptors: itself and its parent connection).
+    max_clients: int | None = None
     max_head_size: int = 64 * 1024  # MaxHeadSize: bytes of one request head (431 beyond)
     max_headers: int = 128  # MaxHeaders: header fields in one request (431 beyond)
     ntlm_to_basic: bool = False  # NTLMToBasic / -B: clients' Basic credentials, NTLM upstream

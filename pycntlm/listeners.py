@@ -76,6 +76,17 @@ def resolve_listen(addr: ListenAddr, gateway: bool) -> list[str | None]:
     raise InterfaceNotReady(addr.host)
 
 
+FD_RESERVE = 64  # descriptors kept for listeners, logs, PAC fetches, the status endpoint
+
+
+def clients_for_fd_limit() -> int:
+    """The default MaxClients: what the open-files limit holds at two descriptors a client."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
 def raise_nofile_limit() -> int:
     """Raise the soft open-files limit to the hard one (many tunnels = many sockets)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

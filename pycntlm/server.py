@@ -26,6 +26,7 @@ from pycntlm.listeners import (
     InterfaceNotReady,
     bind_listeners,
     bind_socket,
+    clients_for_fd_limit,
     pending_listeners,
     raise_nofile_limit,
     resolve_listen,
@@ -79,6 +80,7 @@ class Server:
         self._pac_task: asyncio.Task[None] | None = None
         self._reloads = 0  # a reload waiting for its PAC file switches only if still the last
         self._full = False  # MaxClients reached (logged once per episode)
+        self._fd_clients = clients_for_fd_limit()  # MaxClients when the config has none
         # -s: one request at a time across all clients (see handler.py); None: concurrent
         self._serial = asyncio.Lock() if ctx.config.serialize else None
         self.addresses: list[tuple[str, int]] = []
@@ -195,7 +197,8 @@ class Server:
         if self._stopping.is_set():
             conn.close()
             return
-        if len(self._clients) > self.ctx.config.max_clients:  # a fast, clear failure
+        limit = self.ctx.config.max_clients or self._fd_clients
+        if len(self._clients) > limit:  # a fast, clear failure
             self._clients.discard(conn)
             if not self._full:
                 log.warning("MaxClients (%d) reached: new clients get 503", len(self._clients))
