@@ -70,10 +70,18 @@ def client_head(resp: Response, keep_alive: bool) -> bytes:
 Sink = Conn | bytearray | None  # where a body goes: a connection, memory (small bodies), nowhere
 
 
-async def relay_body(src: Conn, dst: Sink, body: Body, timeout: float) -> int:
-    """Stream one body from src to dst (None = discard, a bytearray = collect) as it is framed.
-    Returns bytes moved.
+async def relay_body(src: Conn, dst: Sink, body: Body, timeout: float, prefix: bytes = b"") -> int:
+    """Stream one body from src to dst (None = discard, a bytearray = collect) as it is framed,
+    after `prefix` (the message's head, sent with the first body bytes where it can be).
+    Returns body bytes moved.
     Raises ConnectionClosed when src ends early or dst goes away; TimeoutError when src stalls."""
+    if body.framing is Framing.LENGTH and isinstance(dst, Conn):
+        # connection to connection: net's body mode, no task wake-up or copy per chunk
+        await relay_length(src, dst, body.length, timeout, prefix)
+        await dst.drain(timeout)
+        return body.length
+    if prefix:
+        await _put(dst, prefix, timeout)
     if body.framing is Framing.NONE:
         return 0
     if body.framing is Framing.LENGTH:
@@ -96,10 +104,6 @@ async def _put(dst: Sink, data: bytes, timeout: float) -> None:
 
 
 async def _relay_length(src: Conn, dst: Sink, length: int, timeout: float) -> int:
-    if isinstance(dst, Conn):  # connection to connection: net's body mode, no copy per chunk
-        await relay_length(src, dst, length, timeout)
-        await dst.drain(timeout)
-        return length
     remaining = length
     while remaining > 0:
         data = await src.read_some(timeout, min(remaining, READ_CHUNK))

@@ -41,7 +41,6 @@ access = logging.getLogger("pycntlm.access")
 
 HEAD_TIMEOUT = 30.0  # a whole request head must arrive within this, once it has begun
 PREFETCH_LIMIT = 64 * 1024
-SMALL_BODY = 64 * 1024  # a response body up to this, already read, goes out with its head
 # CONNECT may reach these ports unless ConnectPorts says otherwise: HTTPS, its alternate port,
 # NNTPS, and SSH (git over ssh through a proxy). Any other port is refused with 403.
 DEFAULT_CONNECT_PORTS = (
@@ -337,15 +336,7 @@ async def _deliver(
     head = client_head(resp, keep)
     sent = 0
     try:
-        up = ex.up.conn
-        if body.framing is Framing.LENGTH and 0 < body.length <= min(up.buffered, SMALL_BODY):
-            # The whole small body is here: one write (one syscall, one wake-up) for both.
-            data = await up.read_some(ctx.config.idle_timeout, body.length)
-            client.write(head + data)
-            sent = len(data)
-        else:
-            client.write(head)
-            sent = await relay_body(up, client, body, ctx.config.idle_timeout)
+        sent = await relay_body(ex.up.conn, client, body, ctx.config.idle_timeout, head)
         if ex.pump is not None:
             async with asyncio.timeout(ctx.config.idle_timeout):
                 await ex.pump

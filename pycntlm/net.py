@@ -30,6 +30,7 @@ SPLICE_ON = splice.AVAILABLE and os.environ.get("PYCNTLM_SPLICE", "1") != "0"
 SPLICED = [0]  # relays moved to splice so far (for tests and the status endpoint)
 READ_CHUNK = 256 * 1024  # largest piece handed out by read_some()
 WRITE_HIGH_WATER = 1 << 20  # transport write buffer before pause_writing()
+JOIN_LIMIT = 64 * 1024  # a head and up to this much body go out in one write (one syscall)
 
 
 class ConnectionClosed(Exception):
@@ -337,15 +338,23 @@ async def open_conn(
     return proto
 
 
-async def relay_length(src: Conn, dst: Conn, length: int, idle_timeout: float) -> None:
+async def relay_length(
+    src: Conn, dst: Conn, length: int, idle_timeout: float, prefix: bytes = b""
+) -> None:
     """Move exactly `length` body bytes from src to dst in body mode: src's data_received
     writes them straight into dst's transport (no task wake-up per chunk; dst's backpressure
-    pauses src); bytes after the body stay in src's buffer for the next message.
+    pauses src); bytes after the body stay in src's buffer for the next message. `prefix` (the
+    message's head) goes first, in one write with the bytes already here when they are few.
     Raises ConnectionClosed when src ends early or dst goes away, TimeoutError when nothing
     moves for idle_timeout seconds."""
     first = min(len(src._buf), length)
-    if first:
-        dst.write(src._take(first))
+    if first and prefix and first <= JOIN_LIMIT:
+        dst.write(prefix + src._take(first))
+    else:
+        if prefix:
+            dst.write(prefix)
+        if first:
+            dst.write(src._take(first))
     if first == length:
         return
     if src._lost or src._eof:

@@ -131,3 +131,17 @@ async def test_a_body_already_buffered_needs_no_body_mode(pair: Pair) -> None:
     await net.relay_length(pair.src, pair.dst, 5, 5)
     assert await recv_exactly(pair.outer_dst, 5) == b"bcdef"
     assert await pair.src.read_head(5) == b"REST\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [100, net.JOIN_LIMIT + 1], ids=["joined", "separate"])
+async def test_the_head_goes_first(pair: Pair, size: int) -> None:
+    """A prefix (the message head) is written before the body: with the buffered body bytes
+    in one write when they are few, else on its own; the bytes are the same either way."""
+    loop = asyncio.get_running_loop()
+    body = os.urandom(size)
+    await loop.sock_sendall(pair.outer_src, body)
+    while pair.src.buffered < size:  # bounded by the test timeout
+        await asyncio.sleep(0.01)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    await net.relay_length(pair.src, pair.dst, size, 5, head)
+    assert await recv_exactly(pair.outer_dst, len(head) + size) == head + body
