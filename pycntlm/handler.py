@@ -129,7 +129,7 @@ async def _one_request(ctx: Context, client: Conn, serial: asyncio.Lock | None) 
         req = http1.parse_request(
             raw, max_size=ctx.config.max_head_size, max_headers=ctx.config.max_headers
         )
-        method, target_text = req.method, req.target
+        method, target_text = req.method, http1.log_target(req.target)
         client.last_method = method
         out = await _route(ctx, client, req, turn)
     except ProtocolError as exc:

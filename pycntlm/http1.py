@@ -319,6 +319,18 @@ def _port(text: str | None, default_port: int | None) -> int:
     return int(text)
 
 
+def log_target(target: str) -> str:
+    """A request target as it may be logged: userinfo (`user:password@`, a client's credentials
+    in an absolute URI or a CONNECT authority) replaced by `***@`."""
+    start = target.find("://")
+    start = 0 if start < 0 else start + 3
+    if start == 0 and target.startswith("/"):
+        return target  # origin-form: no authority
+    cut = [i for i in (target.find(c, start) for c in "/?#") if i >= 0]
+    at = target.rfind("@", start, min(cut, default=len(target)))
+    return target if at < 0 else f"{target[:start]}***{target[at:]}"
+
+
 def absolute_uri(target: Target) -> str:
     """The absolute-form URI of a non-CONNECT Target (default port left out, no userinfo)."""
     host = f"[{target.host}]" if ":" in target.host else target.host

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,24 @@ async def test_small_post_is_replayed_on_a_fresh_connection(
             )
             assert got["length"] == len(data)
     assert parent.stats.logons_ok == 1
+
+
+@pytest.mark.parametrize("route", ["parent", "direct"])
+async def test_userinfo_in_a_request_url_never_reaches_the_access_log(
+    tmp_path: Path,
+    parent: NtlmParent,
+    origin: Origin,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+) -> None:
+    """`GET http://alice:S3cret-pw@host/` carries a client's credentials in the URL: the
+    request is forwarded without them, and the access line shows `***@` in their place."""
+    caplog.set_level(logging.INFO, logger="pycntlm.access")
+    extra = "NoProxy 127.0.0.1" if route == "direct" else ""
+    url = origin.url("/").replace("http://", "http://alice:S3cret-pw@")
+    async with running_proxy(conf(parent.address, extra=extra), tmp_path) as proxy:
+        assert (await get(proxy.port, url)).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "pycntlm.access"]
+    assert len(lines) == 1 and f" {route} " in lines[0], lines
+    assert "S3cret-pw" not in lines[0] and "alice" not in lines[0]
+    assert "http://***@127.0.0.1:" in lines[0]

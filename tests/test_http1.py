@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pycntlm import chunked, http1
@@ -803,3 +803,29 @@ def test_lower_case_connect_is_not_connect() -> None:
     with pytest.raises(ProtocolError) as info:
         http1.request_target(Request("connect", "h:1", "HTTP/1.1", ()))
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("target", "logged"),
+    [
+        ("http://alice:pw@h/p", "http://***@h/p"),
+        ("https://u@h:443/x?q=1", "https://***@h:443/x?q=1"),
+        ("http://a@b@h/", "http://***@h/"),
+        ("u:p@h:443", "***@h:443"),  # a CONNECT authority
+        ("http://h/p?mail=a@b", "http://h/p?mail=a@b"),  # an @ after the authority stays
+        ("http://h/p#x@y", "http://h/p#x@y"),
+        ("h:443", "h:443"),
+        ("/p@x", "/p@x"),
+        ("*", "*"),
+    ],
+)
+def test_log_target_hides_userinfo(target: str, logged: str) -> None:
+    assert http1.log_target(target) == logged
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.sampled_from(["http://", "https://", ""]))
+def test_log_target_never_shows_the_password(user: str, password: str, scheme: str) -> None:
+    secret = f"{user}:{password}-S3CRET"
+    assume(not any(c in secret for c in "/?#@"))
+    logged = http1.log_target(f"{scheme}{secret}@host.example:8080/path")
+    assert "S3CRET" not in logged and logged.endswith("@host.example:8080/path")
