@@ -458,7 +458,7 @@ def _spliceable(conn: Conn) -> bool:
     t = conn.transport
     if t is None or conn._lost:
         return False
-    if t.get_extra_info("sslcontext") is not None or t.get_extra_info("ssl_object") is not None:
+    if conn.tls:
         return False  # TLS: the bytes on the socket are not the bytes we relay
     sock = t.get_extra_info("socket")
     return sock is not None and sock.type == socket.SOCK_STREAM
