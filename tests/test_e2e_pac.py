@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from proxyrun import get, running_proxy
+from proxyrun import get, running_proxy, wait_for
 
 from pycntlm import config, context, server
 from pycntlm.cli import credentials_for
@@ -259,6 +259,9 @@ async def test_pac_url_requests_during_a_reload_still_follow_the_pac(
             pac.answering.clear()  # the reload's fetch is held back while a request comes in
             srv.reload()
             try:
+                # the fetch must be in flight (held) when the request comes: under load the
+                # background refresh may not have reached the PAC server yet
+                assert await wait_for(lambda: pac.fetches == 2)
                 assert (await get(port, origin.url("/"))).status == 200
             finally:
                 pac.answering.set()
